@@ -1,0 +1,144 @@
+//! Wiring: from a validated `Config` to a running archiver. The binary's commands call these;
+//! tests can too.
+
+use crate::archive::fs::FsStore;
+use crate::archive::{ArchiveStore, StoreError};
+use crate::config::{Config, StoreConfig};
+use crate::discovery::{self, DiscoveryError};
+use crate::graph::{GraphClient, GraphError};
+use crate::ingest::Ingestor;
+use crate::scheduler::{PassReport, Scheduler};
+use crate::sources::{copilot::CopilotSource, Source, SourceKind};
+use crate::state::{StateDb, StateError};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Why the archiver could not start or finish; each maps to a sysexits code.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("state database: {0}")]
+    State(#[from] StateError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("Microsoft Graph: {0}")]
+    Graph(#[from] GraphError),
+    #[error("{0}")]
+    Discovery(#[from] DiscoveryError),
+}
+
+impl AppError {
+    /// sysexits: 77 permission (credentials), 69 service unavailable, 70 internal.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            AppError::Graph(GraphError::Auth { .. }) => 77,
+            AppError::Discovery(DiscoveryError::Graph { source, .. }) if source.status() == Some(403) => 77,
+            AppError::Graph(_) | AppError::Discovery(_) => 69,
+            AppError::State(_) | AppError::Store(_) => 69,
+        }
+    }
+}
+
+pub struct App {
+    pub config: Config,
+    pub state: StateDb,
+    pub store: Arc<dyn ArchiveStore>,
+    pub graph: GraphClient,
+    pub scheduler: Scheduler,
+}
+
+pub async fn open_state(config: &Config) -> Result<StateDb, AppError> {
+    let state = StateDb::connect(&config.state_url).await?;
+    state.migrate().await?;
+    Ok(state)
+}
+
+pub fn open_store(config: &StoreConfig) -> Arc<dyn ArchiveStore> {
+    match config {
+        StoreConfig::Fs { path } => Arc::new(FsStore::new(path.clone())),
+    }
+}
+
+pub fn sources_for(config: &Config) -> Vec<Arc<dyn Source>> {
+    config
+        .export
+        .sources
+        .iter()
+        .filter_map(|kind| match kind {
+            SourceKind::Copilot => {
+                Some(Arc::new(CopilotSource::new(config.export.page_size)) as Arc<dyn Source>)
+            }
+            // Config validation admits only implemented sources.
+            _ => None,
+        })
+        .collect()
+}
+
+impl App {
+    /// Opens state (migrating it), checks the store and the Graph credentials. Fails fast with
+    /// an operator-readable error if any of them is not usable.
+    pub async fn start(config: Config) -> Result<App, AppError> {
+        let state = open_state(&config).await?;
+        let store = open_store(&config.store);
+        store.check().await?;
+        let graph = GraphClient::new(config.graph.clone())?;
+        graph.check_credentials().await?;
+        let ingest = Ingestor::new(store.clone(), state.clone(), config.export.write_concurrency);
+        let scheduler = Scheduler::new(
+            config.export.clone(),
+            graph.clone(),
+            state.clone(),
+            ingest,
+            sources_for(&config),
+        );
+        tracing::info!(
+            state = state_kind(&config.state_url),
+            store = %store.describe(),
+            graph = %config.graph.base_url,
+            "archiver ready"
+        );
+        Ok(App {
+            config,
+            state,
+            store,
+            graph,
+            scheduler,
+        })
+    }
+
+    /// Discovery, then one pass over every scope.
+    pub async fn run_once(&self, cancel: &CancellationToken) -> Result<PassReport, AppError> {
+        discovery::sync_users(&self.graph, &self.state, &self.config.discovery).await?;
+        Ok(self.scheduler.run_pass(cancel).await?)
+    }
+
+    /// The daemon loop: discovery when due, a pass every poll interval, until cancelled.
+    pub async fn run_forever(&self, cancel: &CancellationToken) -> Result<(), AppError> {
+        let mut last_discovery: Option<std::time::Instant> = None;
+        loop {
+            let due = last_discovery.is_none_or(|t| t.elapsed() >= self.config.discovery_interval);
+            if due {
+                match discovery::sync_users(&self.graph, &self.state, &self.config.discovery).await {
+                    Ok(_) => last_discovery = Some(std::time::Instant::now()),
+                    // Keep archiving the scopes already known; try discovery again next pass.
+                    Err(e) => tracing::error!(error = %e, "user discovery failed; keeping the known users"),
+                }
+            }
+            self.scheduler.run_pass(cancel).await?;
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(self.config.export.poll_interval) => {}
+            }
+        }
+        let released = self.state.release_all_leases(self.scheduler.owner()).await?;
+        tracing::info!(leases_released = released, "stopped");
+        Ok(())
+    }
+}
+
+fn state_kind(url: &str) -> &'static str {
+    if url.starts_with("sqlite:") {
+        "sqlite"
+    } else {
+        "postgres"
+    }
+}

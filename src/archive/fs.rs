@@ -1,0 +1,329 @@
+//! The local-directory archive: not regulatory WORM (root can undo anything), but it never
+//! overwrites and never acknowledges a write that is not on disk.
+//!
+//! A write goes to `<root>/tmp/` first, is fsync'd and made read-only, then published with
+//! `link(2)`, which fails if the name exists (create-only without a race), then the directory is
+//! fsync'd. A crash leaves at worst a stray temp file, never a partial object under its key.
+
+use super::{keys, sha256_hex, ArchiveStore, PutOptions, PutOutcome, StoreError};
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+const TMP_DIR: &str = "tmp";
+/// Temp files older than this are leftovers of a crash (writes take milliseconds).
+const STALE_TMP: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone)]
+pub struct FsStore {
+    root: PathBuf,
+}
+
+impl FsStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        FsStore { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path_of(&self, key: &str) -> Result<PathBuf, StoreError> {
+        keys::validate(key).map_err(|reason| StoreError::InvalidKey {
+            key: key.to_string(),
+            reason,
+        })?;
+        Ok(self.root.join(key))
+    }
+
+    fn io<'a>(op: &'static str, key: &'a str) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+        move |source| StoreError::Io {
+            op,
+            key: key.to_string(),
+            source,
+        }
+    }
+}
+
+#[async_trait]
+impl ArchiveStore for FsStore {
+    fn describe(&self) -> String {
+        format!("fs:{}", self.root.display())
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        let root = self.root.clone();
+        blocking(move || check_root(&root)).await
+    }
+
+    async fn put_create_only(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        _opts: &PutOptions,
+    ) -> Result<PutOutcome, StoreError> {
+        let path = self.path_of(key)?;
+        let root = self.root.clone();
+        let key = key.to_string();
+        blocking(move || put_blocking(&root, &path, &key, &bytes)).await
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        let path = self.path_of(key)?;
+        let key = key.to_string();
+        blocking(move || match fs::read(&path) {
+            Ok(b) => Ok(Some(Bytes::from(b))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Self::io("read", &key)(e)),
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let root = self.root.clone();
+        let start = if prefix.is_empty() {
+            root.clone()
+        } else {
+            self.path_of(prefix.trim_end_matches('/'))?
+        };
+        let prefix = prefix.to_string();
+        blocking(move || {
+            let mut out = Vec::new();
+            walk(&root, &start, &mut out).map_err(Self::io("list", &prefix))?;
+            out.sort();
+            Ok(out)
+        })
+        .await
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store worker failed: {e}")))?
+}
+
+fn check_root(root: &Path) -> Result<(), StoreError> {
+    let tmp = root.join(TMP_DIR);
+    fs::create_dir_all(&tmp).map_err(|e| {
+        StoreError::Unavailable(format!(
+            "cannot create {}: {e} (check store.path and that the service user may write there)",
+            tmp.display()
+        ))
+    })?;
+    let probe = tmp.join(format!(".probe-{}", uuid::Uuid::new_v4()));
+    let write = File::create(&probe).and_then(|mut f| {
+        f.write_all(b"probe")?;
+        f.sync_all()
+    });
+    let _ = fs::remove_file(&probe);
+    write.map_err(|e| {
+        StoreError::Unavailable(format!("{} is not writable: {e}", root.display()))
+    })?;
+    remove_stale_temp_files(&tmp);
+    Ok(())
+}
+
+fn remove_stale_temp_files(tmp: &Path) {
+    let Ok(entries) = fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .is_some_and(|age| age > STALE_TMP);
+        if stale {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+fn put_blocking(root: &Path, path: &Path, key: &str, bytes: &[u8]) -> Result<PutOutcome, StoreError> {
+    if let Some(existing) = read_existing(path, key)? {
+        return Ok(existing);
+    }
+    let parent = path.parent().ok_or_else(|| StoreError::InvalidKey {
+        key: key.to_string(),
+        reason: "no parent directory",
+    })?;
+    create_dirs_durably(root, parent).map_err(FsStore::io("create directory for", key))?;
+    let tmp = write_temp(root, bytes).map_err(FsStore::io("write", key))?;
+    let linked = fs::hard_link(&tmp, path);
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
+            fsync_dir(parent).map_err(FsStore::io("fsync directory of", key))?;
+            Ok(PutOutcome::Created)
+        }
+        // Lost a race with another writer of the same key: report what is there.
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => read_existing(path, key)?
+            .ok_or_else(|| FsStore::io("publish", key)(e)),
+        Err(e) => Err(FsStore::io("publish", key)(e)),
+    }
+}
+
+fn read_existing(path: &Path, key: &str) -> Result<Option<PutOutcome>, StoreError> {
+    match fs::read(path) {
+        Ok(existing) => Ok(Some(PutOutcome::AlreadyExists {
+            existing_sha256: sha256_hex(&existing),
+        })),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(FsStore::io("read existing", key)(e)),
+    }
+}
+
+fn write_temp(root: &Path, bytes: &[u8]) -> std::io::Result<PathBuf> {
+    let tmp_dir = root.join(TMP_DIR);
+    fs::create_dir_all(&tmp_dir)?;
+    let tmp = tmp_dir.join(uuid::Uuid::new_v4().to_string());
+    let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+    let result = (|| {
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        f.set_permissions(fs::Permissions::from_mode(0o444))
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(tmp)
+}
+
+/// Creates missing directories and fsyncs each new one's parent, so the new entry survives a
+/// power cut along with the file that will be linked into it.
+fn create_dirs_durably(root: &Path, dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    let mut cur = dir;
+    while !cur.is_dir() {
+        missing.push(cur.to_path_buf());
+        match cur.parent() {
+            Some(p) if p.starts_with(root) || p == root => cur = p,
+            _ => break,
+        }
+    }
+    for d in missing.iter().rev() {
+        match fs::create_dir(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+        if let Some(p) = d.parent() {
+            fsync_dir(p)?;
+        }
+    }
+    Ok(())
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            walk(root, &path, out)?;
+        } else if let Ok(rel) = path.strip_prefix(root) {
+            if !rel.starts_with(TMP_DIR) {
+                out.push(rel.to_string_lossy().into_owned());
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(bytes: &[u8]) -> PutOptions {
+        PutOptions {
+            sha256: sha256_hex(bytes),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn create_only_never_overwrites() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FsStore::new(dir.path());
+        store.check().await.expect("check");
+        let key = "records/copilot/u/1/1.json";
+        let first = Bytes::from_static(b"{\"id\":\"1\"}");
+        assert_eq!(
+            store.put_create_only(key, first.clone(), &opts(&first)).await.expect("put"),
+            PutOutcome::Created
+        );
+        let other = Bytes::from_static(b"{\"id\":\"1\",\"x\":2}");
+        let again = store.put_create_only(key, other.clone(), &opts(&other)).await.expect("put");
+        assert_eq!(
+            again,
+            PutOutcome::AlreadyExists {
+                existing_sha256: sha256_hex(&first)
+            }
+        );
+        assert_eq!(store.get(key).await.expect("get"), Some(first));
+        let mode = fs::metadata(dir.path().join(key)).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o222, 0, "stored files are read-only");
+    }
+
+    #[tokio::test]
+    async fn concurrent_writers_of_one_key_store_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = std::sync::Arc::new(FsStore::new(dir.path()));
+        let mut tasks = Vec::new();
+        for i in 0..8u8 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let b = Bytes::from(vec![b'a' + i; 32]);
+                store.put_create_only("records/x/k.json", b.clone(), &opts(&b)).await
+            }));
+        }
+        let mut created = 0;
+        for t in tasks {
+            if t.await.expect("join").expect("put") == PutOutcome::Created {
+                created += 1;
+            }
+        }
+        assert_eq!(created, 1);
+        assert_eq!(store.list("records/").await.expect("list"), vec!["records/x/k.json"]);
+    }
+
+    #[tokio::test]
+    async fn keys_cannot_escape_the_root() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FsStore::new(dir.path());
+        let b = Bytes::from_static(b"x");
+        for key in ["../x", "/etc/passwd", "a/../../x"] {
+            assert!(matches!(
+                store.put_create_only(key, b.clone(), &opts(&b)).await,
+                Err(StoreError::InvalidKey { .. })
+            ));
+        }
+    }
+
+    #[tokio::test]
+    async fn unwritable_root_is_reported() {
+        let store = FsStore::new("/proc/m365-archiver-cannot-exist");
+        let e = store.check().await.expect_err("unwritable");
+        assert!(e.to_string().contains("store.path"), "{e}");
+    }
+}

@@ -1,0 +1,148 @@
+//! Discovery of the users to archive: Copilot-licensed users by SKU or service plan, the
+//! transitive members of a group, or an explicit list. Users that disappear are remembered by
+//! the state database and given a final sweep by the scheduler.
+
+use crate::config::DiscoveryConfig;
+use crate::graph::{Endpoint, GraphClient, GraphError};
+use crate::state::{ScopeRecord, ScopeSync, StateDb, StateError};
+use chrono::Utc;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use url::Url;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("discovering users ({what}): {source}")]
+    Graph {
+        what: String,
+        #[source]
+        source: GraphError,
+    },
+    #[error("discovering users: a user object without an id in {what}")]
+    BadUser { what: String },
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+#[derive(Deserialize)]
+struct UserRow {
+    id: Option<String>,
+    #[serde(rename = "userPrincipalName")]
+    upn: Option<String>,
+}
+
+/// Lists the users in scope now, then records them (and those that left) in the state database.
+pub async fn sync_users(
+    graph: &GraphClient,
+    state: &StateDb,
+    cfg: &DiscoveryConfig,
+) -> Result<ScopeSync, DiscoveryError> {
+    let users = discover_users(graph, cfg).await?;
+    let sync = state.sync_scopes("user", &users, Utc::now()).await?;
+    tracing::info!(
+        users = sync.present,
+        added = sync.added,
+        departed = sync.newly_gone.len(),
+        "user discovery complete"
+    );
+    for id in &sync.newly_gone {
+        tracing::warn!(user.id = %id, "user no longer in scope (unlicensed or deleted); a final sweep follows");
+    }
+    Ok(sync)
+}
+
+pub async fn discover_users(
+    graph: &GraphClient,
+    cfg: &DiscoveryConfig,
+) -> Result<Vec<ScopeRecord>, DiscoveryError> {
+    let mut found = BTreeMap::new();
+    match cfg {
+        DiscoveryConfig::Skus(skus) => {
+            for sku in skus {
+                let filter = format!("assignedLicenses/any(u:u/skuId eq {sku})");
+                list_users(graph, users_url(graph.base_url(), &filter), &mut found, "SKU").await?;
+            }
+        }
+        DiscoveryConfig::ServicePlans(plans) => {
+            for plan in plans {
+                let filter = format!("assignedPlans/any(p:p/servicePlanId eq {plan})");
+                let url = users_url(graph.base_url(), &filter);
+                list_users(graph, url, &mut found, "service plan").await?;
+            }
+        }
+        DiscoveryConfig::Group(group) => {
+            let url = group_url(graph.base_url(), group);
+            list_users(graph, url, &mut found, "group members").await?;
+        }
+        DiscoveryConfig::Users(ids) => {
+            for id in ids {
+                found.insert(id.clone(), None);
+            }
+        }
+    }
+    Ok(found
+        .into_iter()
+        .map(|(id, label)| ScopeRecord { id, label })
+        .collect())
+}
+
+fn users_url(base: &Url, filter: &str) -> Url {
+    let mut url = base.clone();
+    if let Ok(mut segs) = url.path_segments_mut() {
+        segs.pop_if_empty().push("users");
+    }
+    // Filtering on licences is an advanced query: $count=true with ConsistencyLevel: eventual.
+    url.query_pairs_mut()
+        .append_pair("$select", "id,userPrincipalName")
+        .append_pair("$filter", filter)
+        .append_pair("$count", "true")
+        .append_pair("$top", "999");
+    url
+}
+
+fn group_url(base: &Url, group: &str) -> Url {
+    let mut url = base.clone();
+    if let Ok(mut segs) = url.path_segments_mut() {
+        segs.pop_if_empty()
+            .extend(["groups", group, "transitiveMembers", "microsoft.graph.user"]);
+    }
+    url.query_pairs_mut()
+        .append_pair("$select", "id,userPrincipalName")
+        .append_pair("$count", "true")
+        .append_pair("$top", "999");
+    url
+}
+
+async fn list_users(
+    graph: &GraphClient,
+    first: Url,
+    found: &mut BTreeMap<String, Option<String>>,
+    what: &str,
+) -> Result<(), DiscoveryError> {
+    let headers = [("ConsistencyLevel", "eventual".to_string())];
+    let mut url = first;
+    loop {
+        let page = graph
+            .get_page(&url, Endpoint::Other, &headers)
+            .await
+            .map_err(|source| DiscoveryError::Graph {
+                what: what.to_string(),
+                source,
+            })?;
+        for rec in &page.records {
+            let row: UserRow = serde_json::from_slice(&rec.bytes).map_err(|_| {
+                DiscoveryError::BadUser {
+                    what: what.to_string(),
+                }
+            })?;
+            let id = row.id.filter(|s| !s.is_empty()).ok_or_else(|| DiscoveryError::BadUser {
+                what: what.to_string(),
+            })?;
+            found.insert(id, row.upn);
+        }
+        match page.next_link {
+            Some(next) => url = next,
+            None => return Ok(()),
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! m365-archiver: archives Microsoft 365 Copilot interactions and Teams communications,
+//! byte for byte, into immutable storage. The binary in `main.rs` is a thin layer over this
+//! library so that tests can drive every step.
+
+pub mod app;
+pub mod archive;
+pub mod config;
+pub mod discovery;
+pub mod graph;
+pub mod groundtruth;
+// pub mod demo; (enabled once sim lands)
+pub mod ingest;
+pub mod manifest;
+pub mod ops;
+pub mod scheduler;
+pub mod sim;
+pub mod sources;
+pub mod state;

@@ -1,0 +1,4 @@
+//! The operator's side: logging set-up and the `status` view.
+
+pub mod status;
+pub mod telemetry;

@@ -1,0 +1,500 @@
+//! Scheduler: which (scope, source) pairs to export, in which windows, by whom.
+//!
+//! Windows come from the checkpoint: `(watermark - overlap, min(watermark + max_window,
+//! now - settle_lag))`, exclusive at both ends because Graph documents only `gt`/`lt`; the
+//! overlap catches a record sitting exactly on the previous window's end. The watermark moves
+//! only when a whole window is archived. A periodic look-back re-sweeps
+//! `(watermark - lookback, watermark)` to catch records Graph shows late. A lease per
+//! (source, scope) keeps two processes sharing one database off the same work.
+
+use crate::config::ExportConfig;
+use crate::graph::GraphClient;
+use crate::ingest::{Ingestor, WindowPlan, WindowReport};
+use crate::sources::{Scope, ScopeKind, Source, Window};
+use crate::state::{Checkpoint, ScopeRow, StateDb, StateError};
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use futures::stream::{self, StreamExt};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone)]
+pub struct Scheduler {
+    export: ExportConfig,
+    graph: GraphClient,
+    state: StateDb,
+    ingest: Ingestor,
+    sources: Vec<Arc<dyn Source>>,
+    /// Identifies this process in leases.
+    owner: String,
+}
+
+/// The outcome of one (scope, source) in a pass.
+#[derive(Debug, Clone, serde::Serialize)]
+pub enum ScopeOutcome {
+    Done { windows: u64, report: WindowTotals },
+    LeasedElsewhere,
+    Cancelled { windows: u64, report: WindowTotals },
+    Failed { error: String, report: WindowTotals },
+}
+
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct WindowTotals {
+    pub windows: u64,
+    pub pages: u64,
+    pub records: u64,
+    pub new: u64,
+    pub duplicates: u64,
+    pub quarantined: u64,
+}
+
+impl WindowTotals {
+    fn add(&mut self, r: &WindowReport) {
+        self.windows += 1;
+        self.pages += r.pages;
+        self.records += r.records;
+        self.new += r.new;
+        self.duplicates += r.duplicates;
+        self.quarantined += r.quarantined;
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ScopeFailure {
+    pub source: String,
+    pub scope_id: String,
+    pub label: Option<String>,
+    pub error: String,
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct PassReport {
+    pub scopes: u64,
+    pub succeeded: u64,
+    pub leased_elsewhere: u64,
+    pub cancelled: u64,
+    pub failures: Vec<ScopeFailure>,
+    pub totals: WindowTotals,
+    pub elapsed_ms: u64,
+}
+
+impl PassReport {
+    pub fn ok(&self) -> bool {
+        self.failures.is_empty() && self.cancelled == 0
+    }
+}
+
+/// Plans the windows for one (scope, source) now. Pure, so the rules are unit-tested.
+pub fn plan_windows(
+    cp: Option<&Checkpoint>,
+    cfg: &ExportConfig,
+    now: DateTime<Utc>,
+) -> Vec<WindowPlan> {
+    let overlap = chrono_of(cfg.overlap);
+    let horizon = now - chrono_of(cfg.settle_lag);
+    let mut mark = cp.and_then(|c| c.watermark).unwrap_or(cfg.start);
+    let mut plans = Vec::new();
+    while mark < horizon {
+        let end = (mark + chrono_of(cfg.max_window)).min(horizon);
+        plans.push(WindowPlan {
+            window: Window {
+                start: mark - overlap,
+                end,
+            },
+            advance_to: Some(end),
+            lookback_done_at: None,
+        });
+        mark = end;
+    }
+    if cfg.lookback.is_zero() || mark <= cfg.start || !lookback_due(cp, cfg, now) {
+        return plans;
+    }
+    let start = (mark - chrono_of(cfg.lookback)).max(cfg.start) - overlap;
+    match plans.first() {
+        // This pass's catch-up already sweeps the look-back span: record it as done.
+        Some(first) if first.window.start <= start => {
+            if let Some(last) = plans.last_mut() {
+                last.lookback_done_at = Some(now);
+            }
+        }
+        _ => plans.push(WindowPlan {
+            window: Window { start, end: mark },
+            advance_to: None,
+            lookback_done_at: Some(now),
+        }),
+    }
+    plans
+}
+
+fn lookback_due(cp: Option<&Checkpoint>, cfg: &ExportConfig, now: DateTime<Utc>) -> bool {
+    match cp.and_then(|c| c.last_lookback_at) {
+        None => true,
+        Some(at) => now - at >= chrono_of(cfg.lookback_interval),
+    }
+}
+
+fn chrono_of(d: Duration) -> ChronoDuration {
+    ChronoDuration::from_std(d).unwrap_or(ChronoDuration::MAX)
+}
+
+impl Scheduler {
+    pub fn new(
+        export: ExportConfig,
+        graph: GraphClient,
+        state: StateDb,
+        ingest: Ingestor,
+        sources: Vec<Arc<dyn Source>>,
+    ) -> Self {
+        let owner = format!(
+            "{}:{}:{}",
+            hostname(),
+            std::process::id(),
+            &uuid::Uuid::new_v4().to_string()[..8]
+        );
+        Scheduler {
+            export,
+            graph,
+            state,
+            ingest,
+            sources,
+            owner,
+        }
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// One pass over every active scope and every configured source.
+    pub async fn run_pass(&self, cancel: &CancellationToken) -> Result<PassReport, StateError> {
+        let started = Instant::now();
+        let work = self.work_items().await?;
+        let outcomes: Vec<(Arc<dyn Source>, ScopeRow, ScopeOutcome)> = stream::iter(work)
+            .map(|(source, row)| async move {
+                let outcome = self.run_scope(source.as_ref(), &row, cancel).await;
+                (source, row, outcome)
+            })
+            .buffer_unordered(self.export.concurrency)
+            .collect()
+            .await;
+        let report = self.summarise(outcomes, started).await?;
+        tracing::info!(
+            scopes = report.scopes,
+            succeeded = report.succeeded,
+            failed = report.failures.len(),
+            leased_elsewhere = report.leased_elsewhere,
+            windows = report.totals.windows,
+            pages = report.totals.pages,
+            records_new = report.totals.new,
+            records_duplicate = report.totals.duplicates,
+            elapsed_ms = report.elapsed_ms,
+            "pass complete: {}",
+            if report.ok() { "archive current" } else { "some scopes failed (see status)" }
+        );
+        Ok(report)
+    }
+
+    async fn work_items(&self) -> Result<Vec<(Arc<dyn Source>, ScopeRow)>, StateError> {
+        let mut by_kind: HashMap<ScopeKind, Vec<ScopeRow>> = HashMap::new();
+        let mut work = Vec::new();
+        for source in &self.sources {
+            let kind = source.kind().scope_kind();
+            if let std::collections::hash_map::Entry::Vacant(e) = by_kind.entry(kind) {
+                e.insert(self.state.active_scopes(kind.as_str()).await?);
+            }
+            for row in by_kind.get(&kind).into_iter().flatten() {
+                work.push((source.clone(), row.clone()));
+            }
+        }
+        Ok(work)
+    }
+
+    /// Tallies outcomes and closes the final sweep of scopes that disappeared, once every
+    /// source succeeded for them.
+    async fn summarise(
+        &self,
+        outcomes: Vec<(Arc<dyn Source>, ScopeRow, ScopeOutcome)>,
+        started: Instant,
+    ) -> Result<PassReport, StateError> {
+        let mut report = PassReport::default();
+        let mut gone_ok: HashMap<(String, String), bool> = HashMap::new();
+        for (source, row, outcome) in outcomes {
+            report.scopes += 1;
+            let ok = matches!(outcome, ScopeOutcome::Done { .. });
+            if row.gone_at.is_some() {
+                *gone_ok.entry((row.kind.clone(), row.id.clone())).or_insert(true) &= ok;
+            }
+            match outcome {
+                ScopeOutcome::Done { report: r, .. } => {
+                    report.succeeded += 1;
+                    merge(&mut report.totals, &r);
+                }
+                ScopeOutcome::LeasedElsewhere => report.leased_elsewhere += 1,
+                ScopeOutcome::Cancelled { report: r, .. } => {
+                    report.cancelled += 1;
+                    merge(&mut report.totals, &r);
+                }
+                ScopeOutcome::Failed { error, report: r } => {
+                    merge(&mut report.totals, &r);
+                    report.failures.push(ScopeFailure {
+                        source: source.kind().to_string(),
+                        scope_id: row.id.clone(),
+                        label: row.label.clone(),
+                        error,
+                    });
+                }
+            }
+        }
+        for ((kind, id), ok) in gone_ok {
+            if ok {
+                self.state.finish_final_sweep(&kind, &id, Utc::now()).await?;
+                tracing::info!(scope.kind = %kind, scope.id = %id, "final sweep of a departed scope complete");
+            }
+        }
+        report.elapsed_ms = started.elapsed().as_millis() as u64;
+        Ok(report)
+    }
+
+    /// Exports one scope for one source under a lease.
+    async fn run_scope(
+        &self,
+        source: &dyn Source,
+        row: &ScopeRow,
+        cancel: &CancellationToken,
+    ) -> ScopeOutcome {
+        let work_key = format!("{}/{}", source.kind(), row.id);
+        let ttl = self.export.lease_ttl;
+        match self.state.try_lease(&work_key, &self.owner, ttl, Utc::now()).await {
+            Ok(true) => {}
+            Ok(false) => return ScopeOutcome::LeasedElsewhere,
+            Err(e) => {
+                return ScopeOutcome::Failed {
+                    error: format!("cannot take lease {work_key}: {e}"),
+                    report: WindowTotals::default(),
+                }
+            }
+        }
+        let outcome = self.export_scope(source, row, &work_key, cancel).await;
+        if let Err(e) = self.state.release_lease(&work_key, &self.owner).await {
+            tracing::warn!(work_key = %work_key, error = %e, "could not release lease; it expires by itself");
+        }
+        outcome
+    }
+
+    async fn export_scope(
+        &self,
+        source: &dyn Source,
+        row: &ScopeRow,
+        work_key: &str,
+        cancel: &CancellationToken,
+    ) -> ScopeOutcome {
+        let src = source.kind().as_str();
+        let scope = Scope {
+            kind: source.kind().scope_kind(),
+            id: row.id.clone(),
+            label: row.label.clone(),
+        };
+        let mut totals = WindowTotals::default();
+        let cp = match self.state.checkpoint(src, &row.id).await {
+            Ok(cp) => cp,
+            Err(e) => return self.fail(src, &scope, None, e.to_string(), totals).await,
+        };
+        for plan in plan_windows(cp.as_ref(), &self.export, Utc::now()) {
+            if cancel.is_cancelled() {
+                return ScopeOutcome::Cancelled {
+                    windows: totals.windows,
+                    report: totals,
+                };
+            }
+            let started = Instant::now();
+            let result = tokio::select! {
+                r = self.ingest.run_window(&self.graph, source, &scope, &plan) => r,
+                _ = cancel.cancelled() => {
+                    return ScopeOutcome::Cancelled { windows: totals.windows, report: totals };
+                }
+            };
+            match result {
+                Ok(report) => {
+                    log_window(src, &scope, &plan, &report, started.elapsed());
+                    totals.add(&report);
+                }
+                Err(e) => {
+                    return self
+                        .fail(src, &scope, Some(&plan.window), e.to_string(), totals)
+                        .await
+                }
+            }
+            // A long backfill must keep its lease; losing it means another process took over.
+            match self.state.renew_lease(work_key, &self.owner, self.export.lease_ttl, Utc::now()).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    let msg = "lease lost to another process; stopping this scope".to_string();
+                    return self.fail(src, &scope, None, msg, totals).await;
+                }
+                Err(e) => return self.fail(src, &scope, None, e.to_string(), totals).await,
+            }
+        }
+        ScopeOutcome::Done {
+            windows: totals.windows,
+            report: totals,
+        }
+    }
+
+    async fn fail(
+        &self,
+        src: &str,
+        scope: &Scope,
+        window: Option<&Window>,
+        error: String,
+        totals: WindowTotals,
+    ) -> ScopeOutcome {
+        let error = match window {
+            Some(w) => format!("window {w}: {error}"),
+            None => error,
+        };
+        tracing::error!(
+            source = src,
+            user.id = %scope.id,
+            user.upn = scope.label.as_deref().unwrap_or(""),
+            error = %error,
+            "export failed; the checkpoint stays where it was and the next pass retries"
+        );
+        if let Err(e) = self.state.record_error(src, &scope.id, &error, Utc::now()).await {
+            tracing::warn!(error = %e, "could not record the failure in the state database");
+        }
+        ScopeOutcome::Failed {
+            error,
+            report: totals,
+        }
+    }
+}
+
+fn merge(into: &mut WindowTotals, from: &WindowTotals) {
+    into.windows += from.windows;
+    into.pages += from.pages;
+    into.records += from.records;
+    into.new += from.new;
+    into.duplicates += from.duplicates;
+    into.quarantined += from.quarantined;
+}
+
+fn log_window(src: &str, scope: &Scope, plan: &WindowPlan, r: &WindowReport, elapsed: Duration) {
+    tracing::info!(
+        source = src,
+        user.id = %scope.id,
+        user.upn = scope.label.as_deref().unwrap_or(""),
+        window.start = %Window::odata(plan.window.start),
+        window.end = %Window::odata(plan.window.end),
+        window.kind = if plan.advance_to.is_some() { "catch-up" } else { "look-back" },
+        pages = r.pages,
+        records = r.records,
+        new = r.new,
+        duplicates = r.duplicates,
+        quarantined = r.quarantined,
+        elapsed_ms = elapsed.as_millis() as u64,
+        "window archived"
+    );
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::SourceKind;
+    use chrono::TimeZone;
+
+    fn cfg() -> ExportConfig {
+        ExportConfig {
+            sources: vec![SourceKind::Copilot],
+            start: Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).single().expect("t"),
+            page_size: 100,
+            overlap: Duration::from_secs(300),
+            max_window: Duration::from_secs(86_400),
+            settle_lag: Duration::from_secs(120),
+            lookback: Duration::from_secs(86_400),
+            lookback_interval: Duration::from_secs(3600),
+            poll_interval: Duration::from_secs(900),
+            concurrency: 4,
+            write_concurrency: 4,
+            lease_ttl: Duration::from_secs(600),
+        }
+    }
+
+    fn cp(watermark: DateTime<Utc>, lookback: Option<DateTime<Utc>>) -> Checkpoint {
+        Checkpoint {
+            source: "copilot".into(),
+            scope_id: "u".into(),
+            watermark: Some(watermark),
+            last_lookback_at: lookback,
+            last_success_at: None,
+            last_error: None,
+            last_error_at: None,
+            records_archived: 0,
+            windows_completed: 0,
+        }
+    }
+
+    #[test]
+    fn backfill_windows_are_contiguous_overlapping_and_bounded() {
+        let c = cfg();
+        let now = c.start + ChronoDuration::days(3) + ChronoDuration::hours(5);
+        let plans = plan_windows(None, &c, now);
+        assert_eq!(plans.iter().filter(|p| p.advance_to.is_some()).count(), 4);
+        let overlap = ChronoDuration::seconds(300);
+        assert_eq!(plans[0].window.start, c.start - overlap);
+        for pair in plans.windows(2) {
+            let prev_end = pair[0].advance_to.expect("catch-up");
+            // The next window starts before the previous one ended: an edge record is in both.
+            assert_eq!(pair[1].window.start, prev_end - overlap);
+            assert!(pair[0].window.end - pair[0].window.start <= ChronoDuration::days(1) + overlap);
+        }
+        let last = plans.last().expect("plans");
+        assert_eq!(last.window.end, now - ChronoDuration::seconds(120));
+        // The first pass's catch-up covers the look-back span itself.
+        assert!(last.lookback_done_at.is_some());
+    }
+
+    #[test]
+    fn caught_up_scope_gets_only_a_due_lookback() {
+        let c = cfg();
+        let now = Utc.with_ymd_and_hms(2024, 6, 1, 12, 0, 0).single().expect("t");
+        let mark = now - ChronoDuration::seconds(120);
+        let plans = plan_windows(Some(&cp(mark, Some(now - ChronoDuration::minutes(10)))), &c, now);
+        assert!(plans.is_empty(), "look-back not due yet");
+        let plans = plan_windows(Some(&cp(mark, Some(now - ChronoDuration::hours(2)))), &c, now);
+        assert_eq!(plans.len(), 1);
+        let lb = &plans[0];
+        assert!(lb.advance_to.is_none());
+        assert_eq!(lb.window.end, mark);
+        assert_eq!(lb.window.start, mark - ChronoDuration::days(1) - ChronoDuration::seconds(300));
+    }
+
+    #[test]
+    fn steady_state_window_then_lookback() {
+        let c = cfg();
+        let now = Utc.with_ymd_and_hms(2024, 6, 1, 12, 0, 0).single().expect("t");
+        let mark = now - ChronoDuration::minutes(20);
+        let plans = plan_windows(Some(&cp(mark, None)), &c, now);
+        assert_eq!(plans.len(), 2);
+        assert_eq!(plans[0].window.start, mark - ChronoDuration::seconds(300));
+        assert_eq!(plans[0].advance_to, Some(now - ChronoDuration::seconds(120)));
+        assert!(plans[1].advance_to.is_none() && plans[1].lookback_done_at.is_some());
+    }
+
+    #[test]
+    fn lookback_never_reaches_before_start() {
+        let mut c = cfg();
+        c.lookback = Duration::from_secs(86_400 * 365);
+        let now = c.start + ChronoDuration::days(2);
+        let mark = now - ChronoDuration::seconds(120);
+        let plans = plan_windows(Some(&cp(mark, Some(c.start))), &c, now);
+        assert_eq!(plans.len(), 1);
+        assert_eq!(plans[0].window.start, c.start - ChronoDuration::seconds(300));
+    }
+}

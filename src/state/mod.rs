@@ -1,0 +1,336 @@
+//! The state database: scopes, checkpoints, the record catalogue, window manifests, leases and
+//! the append-only audit log.
+//!
+//! SQLite (embedded, one file, the default) and PostgreSQL (production, several replicas) share
+//! ONE code path through `sqlx::AnyPool`: the same SQL with `$N` placeholders, only the types the
+//! Any driver carries (i64, String, Option), and instants as i64 epoch milliseconds. The two
+//! dialects differ only in their migrations (`migrations/sqlite`, `migrations/postgres`, the same
+//! logical schema) and in how a write transaction begins (`BEGIN IMMEDIATE` on SQLite, see
+//! [`StateDb::begin_write`]).
+
+mod audit;
+mod catalogue;
+mod checkpoints;
+mod error;
+mod leases;
+mod scopes;
+mod status;
+#[doc(hidden)]
+pub mod testing;
+mod types;
+
+#[cfg(test)]
+mod tests;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Transaction};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+pub use error::{redact_url, StateError};
+pub use types::{
+    AuditEntry, AuditRow, CatalogueEntry, Checkpoint, ManifestRow, ScopeRecord, ScopeRow,
+    ScopeSync, StatusRow, WindowCommit,
+};
+
+/// How long SQLite waits for another connection's write lock before answering SQLITE_BUSY.
+const SQLITE_BUSY_TIMEOUT_MS: u64 = 10_000;
+/// Connections per pool. SQLite serialises writers anyway; the extra connections serve readers.
+const SQLITE_MAX_CONNECTIONS: u32 = 8;
+const POSTGRES_MAX_CONNECTIONS: u32 = 10;
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+
+const SQLITE_HINT: &str = "Check that the directory exists and is writable by the service user, \
+     and that state.url is right";
+const POSTGRES_HINT: &str = "Check that PostgreSQL is running and reachable from this host, that \
+     the user, password and database in state.url are right, and that the server accepts the \
+     connection (pg_hba.conf, TLS)";
+
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Which database engine holds the state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    fn from_url(url: &str) -> Option<Backend> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Backend::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+/// Handle on the state database; cheap to clone (the pool is shared).
+#[derive(Clone)]
+pub struct StateDb {
+    pool: AnyPool,
+    backend: Backend,
+    /// The URL with its password replaced, for messages.
+    redacted_url: Arc<str>,
+    /// SQLite allows one writer at a time. Queuing this process's writers here, instead of
+    /// letting them spin in SQLite's busy handler, keeps them fair and fast; busy_timeout still
+    /// covers other processes (e.g. `status` run beside the daemon). None for PostgreSQL.
+    sqlite_writer: Option<Arc<Mutex<()>>>,
+}
+
+impl std::fmt::Debug for StateDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateDb")
+            .field("backend", &self.backend)
+            .field("url", &&*self.redacted_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A write transaction, plus (on SQLite) this process's writer slot. Fields drop in order: the
+/// transaction (rolled back unless committed) before the slot is released.
+pub(crate) struct WriteTx {
+    pub(crate) tx: Transaction<'static, Any>,
+    _slot: Option<OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    pub(crate) fn conn(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
+
+    pub(crate) async fn commit(self, op: &'static str) -> Result<(), StateError> {
+        let WriteTx { tx, _slot } = self;
+        tx.commit().await.map_err(StateError::op(op))
+    }
+}
+
+impl StateDb {
+    /// Opens a pool on `sqlite://PATH` (the file is created if missing), `sqlite::memory:`
+    /// (tests) or `postgres://...`, and checks that the database answers. Does not migrate.
+    pub async fn connect(url: &str) -> Result<StateDb, StateError> {
+        sqlx::any::install_default_drivers();
+        let redacted = redact_url(url);
+        match Backend::from_url(url) {
+            Some(Backend::Sqlite) => connect_sqlite(url, &redacted).await,
+            Some(Backend::Postgres) => connect_postgres(url, &redacted).await,
+            None => Err(StateError::UnsupportedUrl { url: redacted }),
+        }
+    }
+
+    /// Applies the embedded migrations of this backend; a no-op when they are all applied.
+    pub async fn migrate(&self) -> Result<(), StateError> {
+        let migrator = match self.backend {
+            Backend::Sqlite => &SQLITE_MIGRATOR,
+            Backend::Postgres => &POSTGRES_MIGRATOR,
+        };
+        let _slot = self.writer_slot().await;
+        migrator
+            .run(&self.pool)
+            .await
+            .map_err(|source| StateError::Migrate {
+                url: self.redacted_url.to_string(),
+                source,
+            })?;
+        tracing::debug!(backend = ?self.backend, "state database migrations applied");
+        Ok(())
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The URL this handle was opened with, password redacted.
+    pub fn redacted_url(&self) -> &str {
+        &self.redacted_url
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), StateError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(StateError::op("ping"))
+    }
+
+    /// Closes every connection; later calls fail with `Unavailable`.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Waits for this process's SQLite writer slot (immediately Some(..)/None on PostgreSQL).
+    pub(crate) async fn writer_slot(&self) -> Option<OwnedMutexGuard<()>> {
+        match &self.sqlite_writer {
+            Some(lock) => Some(Arc::clone(lock).lock_owned().await),
+            None => None,
+        }
+    }
+
+    /// Begins a transaction that will write. On SQLite it is `BEGIN IMMEDIATE`: a deferred
+    /// transaction that reads and then writes can fail with SQLITE_BUSY on the upgrade, which
+    /// busy_timeout does not retry; taking the write lock up front makes it wait instead.
+    pub(crate) async fn begin_write(&self, op: &'static str) -> Result<WriteTx, StateError> {
+        let slot = self.writer_slot().await;
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+        .map_err(StateError::op(op))?;
+        Ok(WriteTx { tx, _slot: slot })
+    }
+}
+
+/// The scope kind whose ids a source's checkpoints use. Kept here, keyed by the source name,
+/// so that state needs nothing from the rest of the crate.
+fn scope_kind_for_source(source: &str) -> Result<&'static str, StateError> {
+    match source {
+        "copilot" | "chats" => Ok("user"),
+        "channels" => Ok("team"),
+        "transcripts" | "recordings" => Ok("organizer"),
+        other => Err(StateError::UnknownSource {
+            source_name: other.to_owned(),
+        }),
+    }
+}
+
+fn is_sqlite_memory(url: &str) -> bool {
+    url.contains(":memory:") || url.contains("mode=memory")
+}
+
+/// Asks SQLite to create the file when the URL does not say otherwise.
+fn sqlite_url_with_create(url: &str) -> String {
+    if is_sqlite_memory(url) || url.contains("mode=") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    }
+}
+
+async fn connect_sqlite(url: &str, redacted: &str) -> Result<StateDb, StateError> {
+    let connect_err = |detail: String| StateError::Connect {
+        url: redacted.to_owned(),
+        detail,
+        hint: SQLITE_HINT,
+    };
+    let memory = is_sqlite_memory(url);
+    let url = sqlite_url_with_create(url);
+    if !memory {
+        create_parent_dir(&url).await.map_err(connect_err)?;
+        probe(&url).await.map_err(connect_err)?;
+    }
+    // The Any driver re-parses the URL for every connection, and each parse of
+    // `sqlite::memory:` names a new, empty database: one connection that never expires is the
+    // only way to keep an in-memory database for the pool's lifetime.
+    let options = if memory {
+        AnyPoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+    } else {
+        AnyPoolOptions::new().max_connections(SQLITE_MAX_CONNECTIONS)
+    };
+    let pool = options
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .after_connect(|conn, _meta| Box::pin(sqlite_session_pragmas(conn)))
+        .connect(&url)
+        .await
+        .map_err(|e| connect_err(e.to_string()))?;
+    if !memory {
+        // WAL lets readers run beside the writer. The setting is stored in the file, so one
+        // connection switching it is enough.
+        sqlx::query("PRAGMA journal_mode = WAL")
+            .execute(&pool)
+            .await
+            .map_err(|e| connect_err(e.to_string()))?;
+    }
+    tracing::debug!(url = %redacted, "state database opened (SQLite)");
+    Ok(StateDb {
+        pool,
+        backend: Backend::Sqlite,
+        redacted_url: Arc::from(redacted),
+        sqlite_writer: Some(Arc::new(Mutex::new(()))),
+    })
+}
+
+/// Per-connection SQLite settings: wait for locks, enforce foreign keys, and make every commit
+/// durable (FULL) because a lost catalogue row would hide an archived object from dedup.
+async fn sqlite_session_pragmas(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    for pragma in [
+        format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}"),
+        "PRAGMA foreign_keys = ON".to_owned(),
+        "PRAGMA synchronous = FULL".to_owned(),
+    ] {
+        sqlx::query(&pragma).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Opens and closes one connection. The pool retries a refused connection until its acquire
+/// timeout and then reports only "pool timed out"; a single attempt fails fast with the real
+/// cause (refused, unknown host, bad password, unreadable file), which is what an operator needs.
+async fn probe(url: &str) -> Result<(), String> {
+    let attempt = tokio::time::timeout(ACQUIRE_TIMEOUT, AnyConnection::connect(url)).await;
+    match attempt {
+        Err(_) => Err(format!("no answer within {} s", ACQUIRE_TIMEOUT.as_secs())),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(conn)) => conn.close().await.map_err(|e| e.to_string()),
+    }
+}
+
+async fn create_parent_dir(url: &str) -> Result<(), String> {
+    let options = SqliteConnectOptions::from_str(url).map_err(|e| e.to_string())?;
+    let Some(parent) = options.get_filename().parent() else {
+        return Ok(());
+    };
+    if parent.as_os_str().is_empty() {
+        return Ok(());
+    }
+    tokio::fs::create_dir_all(parent)
+        .await
+        .map_err(|e| format!("cannot create directory {}: {e}", parent.display()))
+}
+
+async fn connect_postgres(url: &str, redacted: &str) -> Result<StateDb, StateError> {
+    let connect_err = |detail: String| StateError::Connect {
+        url: redacted.to_owned(),
+        detail: error::scrub_secret(&detail, url),
+        hint: POSTGRES_HINT,
+    };
+    probe(url).await.map_err(connect_err)?;
+    let pool = AnyPoolOptions::new()
+        .max_connections(POSTGRES_MAX_CONNECTIONS)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect(url)
+        .await
+        .map_err(|e| connect_err(e.to_string()))?;
+    tracing::debug!(url = %redacted, "state database opened (PostgreSQL)");
+    Ok(StateDb {
+        pool,
+        backend: Backend::Postgres,
+        redacted_url: Arc::from(redacted),
+        sqlite_writer: None,
+    })
+}
+
+/// `$start, $start+1, ...` placeholders for an IN list or a VALUES row.
+pub(crate) fn placeholders(start: usize, count: usize) -> String {
+    (start..start + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
