@@ -31,7 +31,11 @@ impl AppError {
     pub fn exit_code(&self) -> i32 {
         match self {
             AppError::Graph(GraphError::Auth { .. }) => 77,
-            AppError::Discovery(DiscoveryError::Graph { source, .. }) if source.status() == Some(403) => 77,
+            AppError::Discovery(DiscoveryError::Graph { source, .. })
+                if source.status() == Some(403) =>
+            {
+                77
+            }
             AppError::Graph(_) | AppError::Discovery(_) => 69,
             AppError::State(_) | AppError::Store(_) => 69,
         }
@@ -82,7 +86,11 @@ impl App {
         store.check().await?;
         let graph = GraphClient::new(config.graph.clone())?;
         graph.check_credentials().await?;
-        let ingest = Ingestor::new(store.clone(), state.clone(), config.export.write_concurrency);
+        let ingest = Ingestor::new(
+            store.clone(),
+            state.clone(),
+            config.export.write_concurrency,
+        );
         let scheduler = Scheduler::new(
             config.export.clone(),
             graph.clone(),
@@ -108,7 +116,23 @@ impl App {
     /// Discovery, then one pass over every scope.
     pub async fn run_once(&self, cancel: &CancellationToken) -> Result<PassReport, AppError> {
         discovery::sync_users(&self.graph, &self.state, &self.config.discovery).await?;
-        Ok(self.scheduler.run_pass(cancel).await?)
+        let report = self.scheduler.run_pass(cancel, true).await?;
+        self.log_graph_stats();
+        Ok(report)
+    }
+
+    fn log_graph_stats(&self) {
+        let s = self.graph.stats();
+        tracing::info!(
+            graph.requests = s.requests,
+            graph.retries = s.retries,
+            graph.throttled = s.throttled,
+            graph.paused_ms = s.paused_ms,
+            graph.transport_errors = s.transport_errors,
+            graph.malformed_pages = s.malformed_pages,
+            graph.token_requests = s.token_requests,
+            "graph usage since start"
+        );
     }
 
     /// The daemon loop: discovery when due, a pass every poll interval, until cancelled.
@@ -117,19 +141,26 @@ impl App {
         loop {
             let due = last_discovery.is_none_or(|t| t.elapsed() >= self.config.discovery_interval);
             if due {
-                match discovery::sync_users(&self.graph, &self.state, &self.config.discovery).await {
+                match discovery::sync_users(&self.graph, &self.state, &self.config.discovery).await
+                {
                     Ok(_) => last_discovery = Some(std::time::Instant::now()),
                     // Keep archiving the scopes already known; try discovery again next pass.
-                    Err(e) => tracing::error!(error = %e, "user discovery failed; keeping the known users"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "user discovery failed; keeping the known users")
+                    }
                 }
             }
-            self.scheduler.run_pass(cancel).await?;
+            self.scheduler.run_pass(cancel, false).await?;
+            self.log_graph_stats();
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(self.config.export.poll_interval) => {}
             }
         }
-        let released = self.state.release_all_leases(self.scheduler.owner()).await?;
+        let released = self
+            .state
+            .release_all_leases(self.scheduler.owner())
+            .await?;
         tracing::info!(leases_released = released, "stopped");
         Ok(())
     }

@@ -298,7 +298,7 @@ fn default_write_concurrency() -> usize {
     16
 }
 fn default_lease_ttl() -> Duration {
-    Duration::from_secs(600)
+    Duration::from_secs(60)
 }
 fn default_discovery_mode() -> String {
     "sku".into()
@@ -468,11 +468,15 @@ fn check_known_keys(raw: &config::Config) -> Result<(), ConfigError> {
     for key in found {
         if !KNOWN_KEYS.contains(&key.as_str()) {
             let section = key.split('.').next().unwrap_or("");
-            let known_sections = ["graph", "state", "store", "export", "discovery", "log"];
-            let hint = if known_sections.contains(&section) {
-                "unknown key (see config/example.toml for the keys of this section)"
+            // Sections come from KNOWN_KEYS so that a new section cannot be forgotten here.
+            let mut sections: Vec<&str> =
+                KNOWN_KEYS.iter().filter_map(|k| k.split('.').next()).collect();
+            sections.sort_unstable();
+            sections.dedup();
+            let hint = if sections.contains(&section) {
+                "unknown key (see config/example.toml for the keys of this section)".to_string()
             } else {
-                "unknown section (sections: graph, state, store, export, discovery, log)"
+                format!("unknown section (sections: {})", sections.join(", "))
             };
             return Err(ConfigError::key(&key, hint));
         }
@@ -691,7 +695,10 @@ fn read_credential(key: &str, name: &str) -> Result<SecretString, ConfigError> {
 
 fn validate_state_url(url: &str) -> Result<String, ConfigError> {
     require("state.url", url)?;
-    if url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if url.starts_with("sqlite:")
+        || url.starts_with("postgres://")
+        || url.starts_with("postgresql://")
+    {
         Ok(url.to_string())
     } else {
         Err(ConfigError::key(
@@ -708,14 +715,19 @@ impl StoreSettings {
                 let path = self
                     .path
                     .filter(|p| !p.as_os_str().is_empty())
-                    .ok_or_else(|| ConfigError::key("store.path", "is required when store.kind = \"fs\""))?;
+                    .ok_or_else(|| {
+                        ConfigError::key("store.path", "is required when store.kind = \"fs\"")
+                    })?;
                 Ok(StoreConfig::Fs { path })
             }
             "azure" => Err(ConfigError::key(
                 "store.kind",
                 "\"azure\" is not available in this build yet; use \"fs\"",
             )),
-            "" => Err(ConfigError::key("store.kind", "is required (\"fs\" or \"azure\")")),
+            "" => Err(ConfigError::key(
+                "store.kind",
+                "is required (\"fs\" or \"azure\")",
+            )),
             other => Err(ConfigError::key(
                 "store.kind",
                 format!("unknown store kind \"{other}\" (expected \"fs\" or \"azure\")"),
@@ -743,7 +755,9 @@ impl ExportSettings {
             if kind != SourceKind::Copilot {
                 return Err(ConfigError::key(
                     "export.sources",
-                    format!("source \"{s}\" is not available in this build yet (available: copilot)"),
+                    format!(
+                        "source \"{s}\" is not available in this build yet (available: copilot)"
+                    ),
                 ));
             }
             if !sources.contains(&kind) {
@@ -752,10 +766,15 @@ impl ExportSettings {
         }
         require("export.start", &self.start)?;
         let start = DateTime::parse_from_rfc3339(&self.start)
-            .map_err(|e| ConfigError::key("export.start", format!("not an RFC 3339 date-time ({e})")))?
+            .map_err(|e| {
+                ConfigError::key("export.start", format!("not an RFC 3339 date-time ({e})"))
+            })?
             .with_timezone(&Utc);
         if !(1..=1000).contains(&self.page_size) {
-            return Err(ConfigError::key("export.page_size", "must be between 1 and 1000"));
+            return Err(ConfigError::key(
+                "export.page_size",
+                "must be between 1 and 1000",
+            ));
         }
         if self.overlap.is_zero() {
             return Err(ConfigError::key(
@@ -765,13 +784,19 @@ impl ExportSettings {
             ));
         }
         if self.max_window <= self.overlap {
-            return Err(ConfigError::key("export.max_window", "must be longer than export.overlap"));
+            return Err(ConfigError::key(
+                "export.max_window",
+                "must be longer than export.overlap",
+            ));
         }
         if self.concurrency == 0 {
             return Err(ConfigError::key("export.concurrency", "must be at least 1"));
         }
         if self.write_concurrency == 0 {
-            return Err(ConfigError::key("export.write_concurrency", "must be at least 1"));
+            return Err(ConfigError::key(
+                "export.write_concurrency",
+                "must be at least 1",
+            ));
         }
         if self.lease_ttl < Duration::from_secs(5) {
             return Err(ConfigError::key("export.lease_ttl", "must be at least 5s"));
@@ -807,7 +832,10 @@ impl DiscoverySettings {
         match self.mode.as_str() {
             "sku" => {
                 if self.sku_ids.is_empty() {
-                    return Err(ConfigError::key("discovery.sku_ids", "must list at least one SKU id"));
+                    return Err(ConfigError::key(
+                        "discovery.sku_ids",
+                        "must list at least one SKU id",
+                    ));
                 }
                 check_guids("discovery.sku_ids", &self.sku_ids)?;
                 Ok(DiscoveryConfig::Skus(self.sku_ids))
@@ -897,8 +925,10 @@ start = "2024-01-01T00:00:00Z"
 
     fn load_text(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let f = write(text);
-        let env: HashMap<String, String> =
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         load_with_env(Some(f.path()), Some(env))
     }
 
@@ -912,7 +942,10 @@ start = "2024-01-01T00:00:00Z"
     #[test]
     fn minimal_config_loads_with_defaults() {
         let c = load_text(MINIMAL, &[]).expect("valid");
-        assert_eq!(c.graph.base_url.as_str(), "https://graph.microsoft.com/v1.0");
+        assert_eq!(
+            c.graph.base_url.as_str(),
+            "https://graph.microsoft.com/v1.0"
+        );
         assert_eq!(c.graph.token_scope, "https://graph.microsoft.com/.default");
         assert_eq!(c.export.page_size, 100);
         assert_eq!(c.export.sources, vec![SourceKind::Copilot]);
@@ -925,7 +958,10 @@ start = "2024-01-01T00:00:00Z"
             MINIMAL,
             &[
                 ("M365_ARCHIVER__EXPORT__PAGE_SIZE", "50"),
-                ("M365_ARCHIVER__GRAPH__BASE_URL", "https://graph.microsoft.us/v1.0"),
+                (
+                    "M365_ARCHIVER__GRAPH__BASE_URL",
+                    "https://graph.microsoft.us/v1.0",
+                ),
                 ("M365_ARCHIVER__GRAPH__CLIENT_SECRET", "from-env"),
             ],
         )
@@ -940,27 +976,49 @@ start = "2024-01-01T00:00:00Z"
 
     #[test]
     fn environment_list_is_split() {
-        let e = load_text(MINIMAL, &[("M365_ARCHIVER__EXPORT__SOURCES", "copilot,bogus")])
-            .expect_err("bogus source");
+        let e = load_text(
+            MINIMAL,
+            &[("M365_ARCHIVER__EXPORT__SOURCES", "copilot,bogus")],
+        )
+        .expect_err("bogus source");
         assert_eq!(key_of(e), "export.sources");
     }
 
     #[test]
     fn unknown_key_is_named() {
         let text = MINIMAL.replace("[export]", "[export]\nlookbak = \"1h\"");
-        assert_eq!(key_of(load_text(&text, &[]).expect_err("typo")), "export.lookbak");
+        assert_eq!(
+            key_of(load_text(&text, &[]).expect_err("typo")),
+            "export.lookbak"
+        );
     }
 
     #[test]
     fn missing_and_bad_values_name_their_key() {
         let cases = [
             ("tenant_id = \"t\"", "tenant_id = \"\"", "graph.tenant_id"),
-            ("url = \"sqlite://state.db\"", "url = \"mysql://x\"", "state.url"),
+            (
+                "url = \"sqlite://state.db\"",
+                "url = \"mysql://x\"",
+                "state.url",
+            ),
             ("kind = \"fs\"", "kind = \"s3\"", "store.kind"),
-            ("start = \"2024-01-01T00:00:00Z\"", "start = \"yesterday\"", "export.start"),
+            (
+                "start = \"2024-01-01T00:00:00Z\"",
+                "start = \"yesterday\"",
+                "export.start",
+            ),
             ("[export]", "[export]\noverlap = \"0s\"", "export.overlap"),
-            ("[export]", "[export]\nconcurrency = \"many\"", "export.concurrency"),
-            ("[export]", "[export]\noverlap = \"five minutes\"", "export.overlap"),
+            (
+                "[export]",
+                "[export]\nconcurrency = \"many\"",
+                "export.concurrency",
+            ),
+            (
+                "[export]",
+                "[export]\noverlap = \"five minutes\"",
+                "export.overlap",
+            ),
         ];
         for (from, to, key) in cases {
             let text = MINIMAL.replace(from, to);
@@ -994,7 +1052,10 @@ start = "2024-01-01T00:00:00Z"
                 secret.path().display()
             ),
         );
-        assert_eq!(key_of(load_text(&both, &[]).expect_err("two")), "graph.client_secret");
+        assert_eq!(
+            key_of(load_text(&both, &[]).expect_err("two")),
+            "graph.client_secret"
+        );
     }
 
     #[test]

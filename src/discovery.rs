@@ -29,6 +29,35 @@ struct UserRow {
     id: Option<String>,
     #[serde(rename = "userPrincipalName")]
     upn: Option<String>,
+    #[serde(rename = "assignedPlans", default)]
+    assigned_plans: Option<Vec<AssignedPlan>>,
+}
+
+#[derive(Deserialize)]
+struct AssignedPlan {
+    #[serde(rename = "servicePlanId")]
+    service_plan_id: Option<String>,
+    #[serde(rename = "capabilityStatus")]
+    capability_status: Option<String>,
+}
+
+impl UserRow {
+    /// A removed licence leaves its plans in assignedPlans with capabilityStatus "Deleted"
+    /// (or "Suspended"), and the server-side filter still matches them: only Enabled counts.
+    fn has_enabled_plan(&self, plans: &[String]) -> bool {
+        self.assigned_plans.iter().flatten().any(|p| {
+            p.capability_status.as_deref() == Some("Enabled")
+                && p.service_plan_id
+                    .as_deref()
+                    .is_some_and(|id| plans.iter().any(|want| want.eq_ignore_ascii_case(id)))
+        })
+    }
+}
+
+/// Which users of a listing to keep.
+enum Keep<'a> {
+    All,
+    EnabledPlan(&'a [String]),
 }
 
 /// Lists the users in scope now, then records them (and those that left) in the state database.
@@ -60,19 +89,28 @@ pub async fn discover_users(
         DiscoveryConfig::Skus(skus) => {
             for sku in skus {
                 let filter = format!("assignedLicenses/any(u:u/skuId eq {sku})");
-                list_users(graph, users_url(graph.base_url(), &filter), &mut found, "SKU").await?;
+                let url = users_url(graph.base_url(), &filter, "id,userPrincipalName");
+                list_users(graph, url, &mut found, "SKU", Keep::All).await?;
             }
         }
         DiscoveryConfig::ServicePlans(plans) => {
             for plan in plans {
                 let filter = format!("assignedPlans/any(p:p/servicePlanId eq {plan})");
-                let url = users_url(graph.base_url(), &filter);
-                list_users(graph, url, &mut found, "service plan").await?;
+                let select = "id,userPrincipalName,assignedPlans";
+                let url = users_url(graph.base_url(), &filter, select);
+                list_users(
+                    graph,
+                    url,
+                    &mut found,
+                    "service plan",
+                    Keep::EnabledPlan(plans),
+                )
+                .await?;
             }
         }
         DiscoveryConfig::Group(group) => {
             let url = group_url(graph.base_url(), group);
-            list_users(graph, url, &mut found, "group members").await?;
+            list_users(graph, url, &mut found, "group members", Keep::All).await?;
         }
         DiscoveryConfig::Users(ids) => {
             for id in ids {
@@ -86,16 +124,14 @@ pub async fn discover_users(
         .collect())
 }
 
-fn users_url(base: &Url, filter: &str) -> Url {
+fn users_url(base: &Url, filter: &str, select: &str) -> Url {
     let mut url = base.clone();
     if let Ok(mut segs) = url.path_segments_mut() {
         segs.pop_if_empty().push("users");
     }
-    // Filtering on licences is an advanced query: $count=true with ConsistencyLevel: eventual.
     url.query_pairs_mut()
-        .append_pair("$select", "id,userPrincipalName")
+        .append_pair("$select", select)
         .append_pair("$filter", filter)
-        .append_pair("$count", "true")
         .append_pair("$top", "999");
     url
 }
@@ -108,7 +144,6 @@ fn group_url(base: &Url, group: &str) -> Url {
     }
     url.query_pairs_mut()
         .append_pair("$select", "id,userPrincipalName")
-        .append_pair("$count", "true")
         .append_pair("$top", "999");
     url
 }
@@ -118,27 +153,34 @@ async fn list_users(
     first: Url,
     found: &mut BTreeMap<String, Option<String>>,
     what: &str,
+    keep: Keep<'_>,
 ) -> Result<(), DiscoveryError> {
-    let headers = [("ConsistencyLevel", "eventual".to_string())];
     let mut url = first;
     loop {
         let page = graph
-            .get_page(&url, Endpoint::Other, &headers)
+            .get_page(&url, Endpoint::Other, &[])
             .await
             .map_err(|source| DiscoveryError::Graph {
                 what: what.to_string(),
                 source,
             })?;
         for rec in &page.records {
-            let row: UserRow = serde_json::from_slice(&rec.bytes).map_err(|_| {
+            let row: UserRow =
+                serde_json::from_slice(&rec.bytes).map_err(|_| DiscoveryError::BadUser {
+                    what: what.to_string(),
+                })?;
+            let id = row.id.clone().filter(|s| !s.is_empty()).ok_or_else(|| {
                 DiscoveryError::BadUser {
                     what: what.to_string(),
                 }
             })?;
-            let id = row.id.filter(|s| !s.is_empty()).ok_or_else(|| DiscoveryError::BadUser {
-                what: what.to_string(),
-            })?;
-            found.insert(id, row.upn);
+            let wanted = match keep {
+                Keep::All => true,
+                Keep::EnabledPlan(plans) => row.has_enabled_plan(plans),
+            };
+            if wanted {
+                found.insert(id, row.upn);
+            }
         }
         match page.next_link {
             Some(next) => url = next,

@@ -108,7 +108,8 @@ impl Ingestor {
                 None => break,
             }
         }
-        self.commit_window(source, scope, plan, entries, &report).await?;
+        self.commit_window(source, scope, plan, entries, &report)
+            .await?;
         Ok(report)
     }
 
@@ -212,8 +213,12 @@ impl Ingestor {
             problem,
             "record without a usable identity kept in quarantine"
         );
-        self.audit("record_quarantined", &key, serde_json::json!({ "problem": problem }))
-            .await
+        self.audit(
+            "record_quarantined",
+            &key,
+            serde_json::json!({ "problem": problem }),
+        )
+        .await
     }
 
     async fn report_version_mismatch(

@@ -5,10 +5,10 @@
 pub mod app;
 pub mod archive;
 pub mod config;
+pub mod demo;
 pub mod discovery;
 pub mod graph;
 pub mod groundtruth;
-// pub mod demo; (enabled once sim lands)
 pub mod ingest;
 pub mod manifest;
 pub mod ops;

@@ -79,11 +79,29 @@ mod tests {
             sha256: s.into(),
             new: true,
         };
-        let m1 = Manifest::new("copilot", "u", 1, t, t, None, t, vec![e("b", "x"), e("a", "y")]);
+        let m1 = Manifest::new(
+            "copilot",
+            "u",
+            1,
+            t,
+            t,
+            None,
+            t,
+            vec![e("b", "x"), e("a", "y")],
+        );
         assert_eq!(m1.records[0].key, "a");
         let h1 = sha256_hex(&m1.to_bytes());
         let m2 = Manifest::new("copilot", "u", 2, t, t, Some(h1.clone()), t, vec![]);
-        let tampered = Manifest::new("copilot", "u", 1, t, t, None, t, vec![e("b", "x"), e("a", "z")]);
+        let tampered = Manifest::new(
+            "copilot",
+            "u",
+            1,
+            t,
+            t,
+            None,
+            t,
+            vec![e("b", "x"), e("a", "z")],
+        );
         assert_ne!(sha256_hex(&tampered.to_bytes()), h1);
         assert_eq!(m2.prev_sha256.as_deref(), Some(h1.as_str()));
     }

@@ -39,6 +39,50 @@ pub enum ScopeOutcome {
     Failed { error: String, report: WindowTotals },
 }
 
+impl ScopeOutcome {
+    fn totals(&self) -> WindowTotals {
+        match self {
+            ScopeOutcome::Done { report, .. }
+            | ScopeOutcome::Cancelled { report, .. }
+            | ScopeOutcome::Failed { report, .. } => *report,
+            ScopeOutcome::LeasedElsewhere => WindowTotals::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum LeaseMode {
+    TryOnce,
+    Wait,
+}
+
+/// Renews a lease every third of its lifetime; on failure cancels the export it guards.
+async fn heartbeat(
+    state: StateDb,
+    work_key: String,
+    owner: String,
+    ttl: Duration,
+    guarded: CancellationToken,
+    lost: Arc<std::sync::atomic::AtomicBool>,
+) {
+    loop {
+        tokio::time::sleep(ttl / 3).await;
+        match state.renew_lease(&work_key, &owner, ttl, Utc::now()).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::error!(work_key = %work_key, "lease taken over by another process; stopping this export");
+                break;
+            }
+            Err(e) => {
+                tracing::error!(work_key = %work_key, error = %e, "cannot renew lease; stopping this export");
+                break;
+            }
+        }
+    }
+    lost.store(true, std::sync::atomic::Ordering::SeqCst);
+    guarded.cancel();
+}
+
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
 pub struct WindowTotals {
     pub windows: u64,
@@ -80,8 +124,9 @@ pub struct PassReport {
 }
 
 impl PassReport {
+    /// Every scope was exported: none failed, none was cut short, none left to another process.
     pub fn ok(&self) -> bool {
-        self.failures.is_empty() && self.cancelled == 0
+        self.failures.is_empty() && self.cancelled == 0 && self.leased_elsewhere == 0
     }
 }
 
@@ -166,18 +211,25 @@ impl Scheduler {
         &self.owner
     }
 
-    /// One pass over every active scope and every configured source.
-    pub async fn run_pass(&self, cancel: &CancellationToken) -> Result<PassReport, StateError> {
+    /// One pass over every active scope and every configured source. With `wait_for_leases`
+    /// (`run --once`), scopes another process was exporting are taken again once that process
+    /// lets go (or its lease expires), so the pass really covers every scope.
+    pub async fn run_pass(
+        &self,
+        cancel: &CancellationToken,
+        wait_for_leases: bool,
+    ) -> Result<PassReport, StateError> {
         let started = Instant::now();
         let work = self.work_items().await?;
-        let outcomes: Vec<(Arc<dyn Source>, ScopeRow, ScopeOutcome)> = stream::iter(work)
-            .map(|(source, row)| async move {
-                let outcome = self.run_scope(source.as_ref(), &row, cancel).await;
-                (source, row, outcome)
-            })
-            .buffer_unordered(self.export.concurrency)
-            .collect()
-            .await;
+        let mut outcomes = self.run_all(work, cancel, LeaseMode::TryOnce).await;
+        if wait_for_leases && !cancel.is_cancelled() {
+            let (leased, mut done): (Vec<_>, Vec<_>) = outcomes
+                .into_iter()
+                .partition(|(_, _, o)| matches!(o, ScopeOutcome::LeasedElsewhere));
+            let retry = leased.into_iter().map(|(s, r, _)| (s, r)).collect();
+            done.extend(self.run_all(retry, cancel, LeaseMode::Wait).await);
+            outcomes = done;
+        }
         let report = self.summarise(outcomes, started).await?;
         tracing::info!(
             scopes = report.scopes,
@@ -190,9 +242,29 @@ impl Scheduler {
             records_duplicate = report.totals.duplicates,
             elapsed_ms = report.elapsed_ms,
             "pass complete: {}",
-            if report.ok() { "archive current" } else { "some scopes failed (see status)" }
+            if report.ok() {
+                "archive current"
+            } else {
+                "some scopes not current (see status)"
+            }
         );
         Ok(report)
+    }
+
+    async fn run_all(
+        &self,
+        work: Vec<(Arc<dyn Source>, ScopeRow)>,
+        cancel: &CancellationToken,
+        mode: LeaseMode,
+    ) -> Vec<(Arc<dyn Source>, ScopeRow, ScopeOutcome)> {
+        stream::iter(work)
+            .map(|(source, row)| async move {
+                let outcome = self.run_scope(source.as_ref(), &row, cancel, mode).await;
+                (source, row, outcome)
+            })
+            .buffer_unordered(self.export.concurrency)
+            .collect()
+            .await
     }
 
     async fn work_items(&self) -> Result<Vec<(Arc<dyn Source>, ScopeRow)>, StateError> {
@@ -223,7 +295,9 @@ impl Scheduler {
             report.scopes += 1;
             let ok = matches!(outcome, ScopeOutcome::Done { .. });
             if row.gone_at.is_some() {
-                *gone_ok.entry((row.kind.clone(), row.id.clone())).or_insert(true) &= ok;
+                *gone_ok
+                    .entry((row.kind.clone(), row.id.clone()))
+                    .or_insert(true) &= ok;
             }
             match outcome {
                 ScopeOutcome::Done { report: r, .. } => {
@@ -248,7 +322,9 @@ impl Scheduler {
         }
         for ((kind, id), ok) in gone_ok {
             if ok {
-                self.state.finish_final_sweep(&kind, &id, Utc::now()).await?;
+                self.state
+                    .finish_final_sweep(&kind, &id, Utc::now())
+                    .await?;
                 tracing::info!(scope.kind = %kind, scope.id = %id, "final sweep of a departed scope complete");
             }
         }
@@ -256,16 +332,17 @@ impl Scheduler {
         Ok(report)
     }
 
-    /// Exports one scope for one source under a lease.
+    /// Exports one scope for one source under a lease, kept alive by a heartbeat for as long
+    /// as the export runs; if the lease is lost the export stops before its next window.
     async fn run_scope(
         &self,
         source: &dyn Source,
         row: &ScopeRow,
         cancel: &CancellationToken,
+        mode: LeaseMode,
     ) -> ScopeOutcome {
         let work_key = format!("{}/{}", source.kind(), row.id);
-        let ttl = self.export.lease_ttl;
-        match self.state.try_lease(&work_key, &self.owner, ttl, Utc::now()).await {
+        match self.acquire(&work_key, cancel, mode).await {
             Ok(true) => {}
             Ok(false) => return ScopeOutcome::LeasedElsewhere,
             Err(e) => {
@@ -275,18 +352,68 @@ impl Scheduler {
                 }
             }
         }
-        let outcome = self.export_scope(source, row, &work_key, cancel).await;
+        let scope_cancel = cancel.child_token();
+        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let heartbeat = tokio::spawn(heartbeat(
+            self.state.clone(),
+            work_key.clone(),
+            self.owner.clone(),
+            self.export.lease_ttl,
+            scope_cancel.clone(),
+            lost.clone(),
+        ));
+        let mut outcome = self.export_scope(source, row, &scope_cancel).await;
+        heartbeat.abort();
+        if lost.load(std::sync::atomic::Ordering::SeqCst) && !cancel.is_cancelled() {
+            let scope = Scope {
+                kind: source.kind().scope_kind(),
+                id: row.id.clone(),
+                label: row.label.clone(),
+            };
+            let msg = "lease lost (state database unreachable or another process took over); \
+                       stopped before the next window"
+                .to_string();
+            outcome = self
+                .fail(source.kind().as_str(), &scope, None, msg, outcome.totals())
+                .await;
+        }
         if let Err(e) = self.state.release_lease(&work_key, &self.owner).await {
             tracing::warn!(work_key = %work_key, error = %e, "could not release lease; it expires by itself");
         }
         outcome
     }
 
+    /// Takes the lease; in `Wait` mode polls until the holder lets go or its lease expires.
+    async fn acquire(
+        &self,
+        work_key: &str,
+        cancel: &CancellationToken,
+        mode: LeaseMode,
+    ) -> Result<bool, StateError> {
+        let ttl = self.export.lease_ttl;
+        let deadline = Instant::now() + ttl + Duration::from_secs(5);
+        loop {
+            if self
+                .state
+                .try_lease(work_key, &self.owner, ttl, Utc::now())
+                .await?
+            {
+                return Ok(true);
+            }
+            if matches!(mode, LeaseMode::TryOnce) || Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(false),
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
     async fn export_scope(
         &self,
         source: &dyn Source,
         row: &ScopeRow,
-        work_key: &str,
         cancel: &CancellationToken,
     ) -> ScopeOutcome {
         let src = source.kind().as_str();
@@ -325,15 +452,6 @@ impl Scheduler {
                         .await
                 }
             }
-            // A long backfill must keep its lease; losing it means another process took over.
-            match self.state.renew_lease(work_key, &self.owner, self.export.lease_ttl, Utc::now()).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    let msg = "lease lost to another process; stopping this scope".to_string();
-                    return self.fail(src, &scope, None, msg, totals).await;
-                }
-                Err(e) => return self.fail(src, &scope, None, e.to_string(), totals).await,
-            }
         }
         ScopeOutcome::Done {
             windows: totals.windows,
@@ -360,7 +478,11 @@ impl Scheduler {
             error = %error,
             "export failed; the checkpoint stays where it was and the next pass retries"
         );
-        if let Err(e) = self.state.record_error(src, &scope.id, &error, Utc::now()).await {
+        if let Err(e) = self
+            .state
+            .record_error(src, &scope.id, &error, Utc::now())
+            .await
+        {
             tracing::warn!(error = %e, "could not record the failure in the state database");
         }
         ScopeOutcome::Failed {
@@ -412,7 +534,10 @@ mod tests {
     fn cfg() -> ExportConfig {
         ExportConfig {
             sources: vec![SourceKind::Copilot],
-            start: Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).single().expect("t"),
+            start: Utc
+                .with_ymd_and_hms(2024, 1, 1, 0, 0, 0)
+                .single()
+                .expect("t"),
             page_size: 100,
             overlap: Duration::from_secs(300),
             max_window: Duration::from_secs(86_400),
@@ -463,27 +588,47 @@ mod tests {
     #[test]
     fn caught_up_scope_gets_only_a_due_lookback() {
         let c = cfg();
-        let now = Utc.with_ymd_and_hms(2024, 6, 1, 12, 0, 0).single().expect("t");
+        let now = Utc
+            .with_ymd_and_hms(2024, 6, 1, 12, 0, 0)
+            .single()
+            .expect("t");
         let mark = now - ChronoDuration::seconds(120);
-        let plans = plan_windows(Some(&cp(mark, Some(now - ChronoDuration::minutes(10)))), &c, now);
+        let plans = plan_windows(
+            Some(&cp(mark, Some(now - ChronoDuration::minutes(10)))),
+            &c,
+            now,
+        );
         assert!(plans.is_empty(), "look-back not due yet");
-        let plans = plan_windows(Some(&cp(mark, Some(now - ChronoDuration::hours(2)))), &c, now);
+        let plans = plan_windows(
+            Some(&cp(mark, Some(now - ChronoDuration::hours(2)))),
+            &c,
+            now,
+        );
         assert_eq!(plans.len(), 1);
         let lb = &plans[0];
         assert!(lb.advance_to.is_none());
         assert_eq!(lb.window.end, mark);
-        assert_eq!(lb.window.start, mark - ChronoDuration::days(1) - ChronoDuration::seconds(300));
+        assert_eq!(
+            lb.window.start,
+            mark - ChronoDuration::days(1) - ChronoDuration::seconds(300)
+        );
     }
 
     #[test]
     fn steady_state_window_then_lookback() {
         let c = cfg();
-        let now = Utc.with_ymd_and_hms(2024, 6, 1, 12, 0, 0).single().expect("t");
+        let now = Utc
+            .with_ymd_and_hms(2024, 6, 1, 12, 0, 0)
+            .single()
+            .expect("t");
         let mark = now - ChronoDuration::minutes(20);
         let plans = plan_windows(Some(&cp(mark, None)), &c, now);
         assert_eq!(plans.len(), 2);
         assert_eq!(plans[0].window.start, mark - ChronoDuration::seconds(300));
-        assert_eq!(plans[0].advance_to, Some(now - ChronoDuration::seconds(120)));
+        assert_eq!(
+            plans[0].advance_to,
+            Some(now - ChronoDuration::seconds(120))
+        );
         assert!(plans[1].advance_to.is_none() && plans[1].lookback_done_at.is_some());
     }
 
@@ -495,6 +640,9 @@ mod tests {
         let mark = now - ChronoDuration::seconds(120);
         let plans = plan_windows(Some(&cp(mark, Some(c.start))), &c, now);
         assert_eq!(plans.len(), 1);
-        assert_eq!(plans[0].window.start, c.start - ChronoDuration::seconds(300));
+        assert_eq!(
+            plans[0].window.start,
+            c.start - ChronoDuration::seconds(300)
+        );
     }
 }

@@ -72,6 +72,23 @@ impl ArchiveStore for FsStore {
         blocking(move || put_blocking(&root, &path, &key, &bytes)).await
     }
 
+    async fn put_file_create_only(
+        &self,
+        key: &str,
+        file: &Path,
+        _opts: &PutOptions,
+    ) -> Result<PutOutcome, StoreError> {
+        let path = self.path_of(key)?;
+        let root = self.root.clone();
+        let key = key.to_string();
+        let file = file.to_path_buf();
+        blocking(move || put_file_blocking(&root, &path, &key, &file)).await
+    }
+
+    fn staging_dir(&self) -> PathBuf {
+        self.root.join(TMP_DIR)
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
         let path = self.path_of(key)?;
         let key = key.to_string();
@@ -123,9 +140,8 @@ fn check_root(root: &Path) -> Result<(), StoreError> {
         f.sync_all()
     });
     let _ = fs::remove_file(&probe);
-    write.map_err(|e| {
-        StoreError::Unavailable(format!("{} is not writable: {e}", root.display()))
-    })?;
+    write
+        .map_err(|e| StoreError::Unavailable(format!("{} is not writable: {e}", root.display())))?;
     remove_stale_temp_files(&tmp);
     Ok(())
 }
@@ -147,7 +163,12 @@ fn remove_stale_temp_files(tmp: &Path) {
     }
 }
 
-fn put_blocking(root: &Path, path: &Path, key: &str, bytes: &[u8]) -> Result<PutOutcome, StoreError> {
+fn put_blocking(
+    root: &Path,
+    path: &Path,
+    key: &str,
+    bytes: &[u8],
+) -> Result<PutOutcome, StoreError> {
     if let Some(existing) = read_existing(path, key)? {
         return Ok(existing);
     }
@@ -165,10 +186,58 @@ fn put_blocking(root: &Path, path: &Path, key: &str, bytes: &[u8]) -> Result<Put
             Ok(PutOutcome::Created)
         }
         // Lost a race with another writer of the same key: report what is there.
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => read_existing(path, key)?
-            .ok_or_else(|| FsStore::io("publish", key)(e)),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            read_existing(path, key)?.ok_or_else(|| FsStore::io("publish", key)(e))
+        }
         Err(e) => Err(FsStore::io("publish", key)(e)),
     }
+}
+
+/// Publishes a complete staged file: fsync'd, read-only, then linked under its key. A file
+/// outside the store's filesystem is copied into `tmp/` first.
+fn put_file_blocking(
+    root: &Path,
+    path: &Path,
+    key: &str,
+    file: &Path,
+) -> Result<PutOutcome, StoreError> {
+    if let Some(existing) = read_existing(path, key)? {
+        let _ = fs::remove_file(file);
+        return Ok(existing);
+    }
+    let parent = path.parent().ok_or_else(|| StoreError::InvalidKey {
+        key: key.to_string(),
+        reason: "no parent directory",
+    })?;
+    create_dirs_durably(root, parent).map_err(FsStore::io("create directory for", key))?;
+    let staged = stage_file(root, file).map_err(FsStore::io("stage", key))?;
+    let linked = fs::hard_link(&staged, path);
+    let _ = fs::remove_file(&staged);
+    match linked {
+        Ok(()) => {
+            fsync_dir(parent).map_err(FsStore::io("fsync directory of", key))?;
+            Ok(PutOutcome::Created)
+        }
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            read_existing(path, key)?.ok_or_else(|| FsStore::io("publish", key)(e))
+        }
+        Err(e) => Err(FsStore::io("publish", key)(e)),
+    }
+}
+
+/// Makes `file` durable and read-only inside `<root>/tmp`, returning the path to link from.
+fn stage_file(root: &Path, file: &Path) -> std::io::Result<PathBuf> {
+    let tmp_dir = root.join(TMP_DIR);
+    fs::create_dir_all(&tmp_dir)?;
+    let staged = tmp_dir.join(uuid::Uuid::new_v4().to_string());
+    if fs::rename(file, &staged).is_err() {
+        fs::copy(file, &staged)?;
+        let _ = fs::remove_file(file);
+    }
+    let f = OpenOptions::new().read(true).open(&staged)?;
+    f.sync_all()?;
+    f.set_permissions(fs::Permissions::from_mode(0o444))?;
+    Ok(staged)
 }
 
 fn read_existing(path: &Path, key: &str) -> Result<Option<PutOutcome>, StoreError> {
@@ -269,11 +338,17 @@ mod tests {
         let key = "records/copilot/u/1/1.json";
         let first = Bytes::from_static(b"{\"id\":\"1\"}");
         assert_eq!(
-            store.put_create_only(key, first.clone(), &opts(&first)).await.expect("put"),
+            store
+                .put_create_only(key, first.clone(), &opts(&first))
+                .await
+                .expect("put"),
             PutOutcome::Created
         );
         let other = Bytes::from_static(b"{\"id\":\"1\",\"x\":2}");
-        let again = store.put_create_only(key, other.clone(), &opts(&other)).await.expect("put");
+        let again = store
+            .put_create_only(key, other.clone(), &opts(&other))
+            .await
+            .expect("put");
         assert_eq!(
             again,
             PutOutcome::AlreadyExists {
@@ -281,7 +356,10 @@ mod tests {
             }
         );
         assert_eq!(store.get(key).await.expect("get"), Some(first));
-        let mode = fs::metadata(dir.path().join(key)).expect("meta").permissions().mode();
+        let mode = fs::metadata(dir.path().join(key))
+            .expect("meta")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o222, 0, "stored files are read-only");
     }
 
@@ -294,7 +372,9 @@ mod tests {
             let store = store.clone();
             tasks.push(tokio::spawn(async move {
                 let b = Bytes::from(vec![b'a' + i; 32]);
-                store.put_create_only("records/x/k.json", b.clone(), &opts(&b)).await
+                store
+                    .put_create_only("records/x/k.json", b.clone(), &opts(&b))
+                    .await
             }));
         }
         let mut created = 0;
@@ -304,7 +384,42 @@ mod tests {
             }
         }
         assert_eq!(created, 1);
-        assert_eq!(store.list("records/").await.expect("list"), vec!["records/x/k.json"]);
+        assert_eq!(
+            store.list("records/").await.expect("list"),
+            vec!["records/x/k.json"]
+        );
+    }
+
+    #[tokio::test]
+    async fn staged_files_publish_create_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FsStore::new(dir.path());
+        store.check().await.expect("check");
+        let staged = store.staging_dir().join("download-1");
+        std::fs::write(&staged, b"WEBVTT\n").expect("stage");
+        let key = "content/transcripts/m/1.vtt";
+        let o = store
+            .put_file_create_only(key, &staged, &opts(b"WEBVTT\n"))
+            .await
+            .expect("put");
+        assert_eq!(o, PutOutcome::Created);
+        assert!(!staged.exists(), "the staged file is consumed");
+        let other = store.staging_dir().join("download-2");
+        std::fs::write(&other, b"WEBVTT\nchanged").expect("stage");
+        let o = store
+            .put_file_create_only(key, &other, &opts(b"x"))
+            .await
+            .expect("put");
+        assert_eq!(
+            o,
+            PutOutcome::AlreadyExists {
+                existing_sha256: sha256_hex(b"WEBVTT\n")
+            }
+        );
+        assert_eq!(
+            store.get(key).await.expect("get").as_deref(),
+            Some(&b"WEBVTT\n"[..])
+        );
     }
 
     #[tokio::test]

@@ -32,7 +32,11 @@ pub fn segment(id: &str) -> String {
 
 /// `parts` encoded and joined with `/`: the catalogue's record key.
 pub fn record_key(parts: &[String]) -> String {
-    parts.iter().map(|p| segment(p)).collect::<Vec<_>>().join("/")
+    parts
+        .iter()
+        .map(|p| segment(p))
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// `records/<source>/<record key>/<etag>.json`
@@ -49,7 +53,10 @@ pub fn quarantine_key(source: &str, scope_id: &str, sha256: &str) -> String {
 /// left by a crash between store and commit from blocking the retry.
 pub fn manifest_key(source: &str, scope_id: &str, seq: i64, sha256: &str) -> String {
     let short = sha256.get(..16).unwrap_or(sha256);
-    format!("manifests/{source}/{}/{seq:012}-{short}.json", segment(scope_id))
+    format!(
+        "manifests/{source}/{}/{seq:012}-{short}.json",
+        segment(scope_id)
+    )
 }
 
 /// Rejects keys that could escape the store root or are not plain relative paths.

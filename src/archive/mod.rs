@@ -57,6 +57,18 @@ pub trait ArchiveStore: Send + Sync {
         bytes: Bytes,
         opts: &PutOptions,
     ) -> Result<PutOutcome, StoreError>;
+    /// As `put_create_only` for content too large to hold in memory (meeting recordings):
+    /// `file` is a complete local file whose sha256 is `opts.sha256`. The store publishes it
+    /// create-only and may consume (move or link) the file.
+    async fn put_file_create_only(
+        &self,
+        key: &str,
+        file: &std::path::Path,
+        opts: &PutOptions,
+    ) -> Result<PutOutcome, StoreError>;
+    /// A local directory where callers stage large downloads before `put_file_create_only`
+    /// (on the same filesystem as the store where that makes publishing a link).
+    fn staging_dir(&self) -> std::path::PathBuf;
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError>;
     /// Every key under `prefix` (recursively), sorted.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;

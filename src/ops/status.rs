@@ -34,7 +34,11 @@ pub struct StatusLine {
 
 impl StatusReport {
     pub fn build(rows: Vec<StatusRow>, now: DateTime<Utc>) -> Self {
-        let rows: Vec<StatusLine> = rows.into_iter().map(|r| line(r, now)).collect();
+        let mut rows: Vec<StatusLine> = rows.into_iter().map(|r| line(r, now)).collect();
+        rows.sort_by(|a, b| {
+            (&a.source, a.label.as_ref().unwrap_or(&a.scope_id))
+                .cmp(&(&b.source, b.label.as_ref().unwrap_or(&b.scope_id)))
+        });
         StatusReport {
             generated_at: now,
             scopes: rows.len(),
@@ -53,7 +57,9 @@ impl StatusReport {
             self.scopes,
             self.failing,
             self.records_archived,
-            self.max_lag_seconds.map(human_secs).unwrap_or_else(|| "-".into())
+            self.max_lag_seconds
+                .map(human_secs)
+                .unwrap_or_else(|| "-".into())
         );
         if self.rows.is_empty() {
             let _ = writeln!(out, "nothing exported yet: run `m365-archiver run --once`");
@@ -70,11 +76,19 @@ impl StatusReport {
                 "{:<9} {:<38} {:<24} {:>8} {:>9} {:<20} {}",
                 r.source,
                 scope_label(r),
-                r.watermark.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_else(|| "-".into()),
+                r.watermark
+                    .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+                    .unwrap_or_else(|| "-".into()),
                 r.lag_seconds.map(human_secs).unwrap_or_else(|| "-".into()),
                 r.records_archived,
-                r.last_success_at.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|| "never".into()),
-                if is_failing(r) { r.last_error.as_deref().unwrap_or("") } else { "" }
+                r.last_success_at
+                    .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                    .unwrap_or_else(|| "never".into()),
+                if is_failing(r) {
+                    r.last_error.as_deref().unwrap_or("")
+                } else {
+                    ""
+                }
             );
         }
         out

@@ -86,8 +86,8 @@ impl Source for CopilotSource {
     }
 
     fn record_meta(&self, scope: &Scope, raw: &RawValue) -> Result<RecordMeta, SourceError> {
-        let ident: Ident = serde_json::from_str(raw.get())
-            .map_err(|e| SourceError::NotAnObject(e.to_string()))?;
+        let ident: Ident =
+            serde_json::from_str(raw.get()).map_err(|e| SourceError::NotAnObject(e.to_string()))?;
         let id = non_empty(ident.id, "id")?;
         // etag is documented on aiInteraction; fall back to the id (which is also the item's
         // version stamp in every observed payload) rather than refuse the record.
@@ -142,8 +142,14 @@ mod tests {
     fn url_carries_documented_filter_and_top() {
         let base = Url::parse("https://graph.microsoft.com/v1.0").expect("url");
         let w = Window {
-            start: Utc.with_ymd_and_hms(2024, 9, 9, 16, 48, 35).single().expect("t"),
-            end: Utc.with_ymd_and_hms(2024, 11, 15, 21, 48, 35).single().expect("t"),
+            start: Utc
+                .with_ymd_and_hms(2024, 9, 9, 16, 48, 35)
+                .single()
+                .expect("t"),
+            end: Utc
+                .with_ymd_and_hms(2024, 11, 15, 21, 48, 35)
+                .single()
+                .expect("t"),
         };
         let url = CopilotSource::new(100).window_url(&base, &scope("9fce-1"), &w);
         assert_eq!(
@@ -170,7 +176,10 @@ mod tests {
             end: Utc.timestamp_opt(60, 0).single().expect("t"),
         };
         let f = CopilotSource::new(100)
-            .with_app_classes(vec!["IPM.SkypeTeams.Message.Copilot.Word".into(), "o'x".into()])
+            .with_app_classes(vec![
+                "IPM.SkypeTeams.Message.Copilot.Word".into(),
+                "o'x".into(),
+            ])
             .filter(&w);
         assert!(f.starts_with(
             "(appClass eq 'IPM.SkypeTeams.Message.Copilot.Word' or appClass eq 'o''x') and createdDateTime gt"
@@ -194,8 +203,12 @@ mod tests {
     #[test]
     fn missing_id_is_an_error() {
         let raw: Box<RawValue> = serde_json::from_str(r#"{"etag":"1"}"#).expect("json");
-        assert!(CopilotSource::new(100).record_meta(&scope("u"), &raw).is_err());
+        assert!(CopilotSource::new(100)
+            .record_meta(&scope("u"), &raw)
+            .is_err());
         let raw: Box<RawValue> = serde_json::from_str(r#"[1,2]"#).expect("json");
-        assert!(CopilotSource::new(100).record_meta(&scope("u"), &raw).is_err());
+        assert!(CopilotSource::new(100)
+            .record_meta(&scope("u"), &raw)
+            .is_err());
     }
 }

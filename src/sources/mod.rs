@@ -106,7 +106,12 @@ impl Window {
 
 impl fmt::Display for Window {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}..{}", Window::odata(self.start), Window::odata(self.end))
+        write!(
+            f,
+            "{}..{}",
+            Window::odata(self.start),
+            Window::odata(self.end)
+        )
     }
 }
 

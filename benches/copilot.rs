@@ -1,0 +1,236 @@
+//! Copilot interaction archiving throughput against the simulator at Microsoft's documented
+//! rate limit (30 rps per tenant for getAllEnterpriseInteractions).
+//!
+//!   cargo bench --bench copilot -- [--users N] [--per-user N] [--runs N] [--rps R]
+//!
+//! Each run starts a fresh simulated tenant in this process, runs `m365-archiver run --once` as
+//! a child process (so CPU and peak RSS are the archiver's alone, from wait4's rusage), then
+//! prints records/s, requests/s as a fraction of the budget, 429s, CPU seconds per 10k records
+//! and peak RSS, and checks the archive against the ground truth. With several runs it prints
+//! the median of each figure. See docs/benchmarks.md.
+
+use m365_archiver::archive::fs::FsStore;
+use m365_archiver::groundtruth;
+use m365_archiver::sim::{self, SimConfig};
+use std::time::{Duration, Instant};
+
+struct Args {
+    users: u32,
+    per_user: u32,
+    runs: usize,
+    rps: f64,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        users: 1000,
+        per_user: 100,
+        runs: 1,
+        rps: 30.0,
+    };
+    let argv: Vec<String> = std::env::args().collect();
+    let mut i = 1;
+    while i < argv.len() {
+        let next = argv.get(i + 1).cloned().unwrap_or_default();
+        match argv[i].as_str() {
+            "--users" => a.users = next.parse().unwrap_or(a.users),
+            "--per-user" => a.per_user = next.parse().unwrap_or(a.per_user),
+            "--runs" => a.runs = next.parse().unwrap_or(a.runs),
+            "--rps" => a.rps = next.parse().unwrap_or(a.rps),
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    a
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Figures {
+    records: f64,
+    wall_s: f64,
+    records_per_s: f64,
+    requests: f64,
+    requests_per_s: f64,
+    budget_fraction: f64,
+    throttled: f64,
+    throttled_pct: f64,
+    cpu_s_per_10k: f64,
+    peak_rss_mib: f64,
+}
+
+fn main() {
+    let args = parse_args();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let mut all = Vec::new();
+    for run in 1..=args.runs {
+        let f = rt.block_on(one_run(&args));
+        println!(
+            "run {run}: {:.0} records in {:.1} s = {:.0} records/s; {:.0} interaction requests at {:.2} rps = {:.1}% of the {} rps budget; {:.0} answered 429 ({:.2}%); {:.3} CPU s per 10k records; peak RSS {:.1} MiB",
+            f.records, f.wall_s, f.records_per_s, f.requests, f.requests_per_s,
+            f.budget_fraction * 100.0, args.rps, f.throttled, f.throttled_pct, f.cpu_s_per_10k, f.peak_rss_mib
+        );
+        all.push(f);
+    }
+    let med = |g: fn(&Figures) -> f64| median(all.iter().map(g).collect());
+    println!(
+        "median of {} run(s), {} users x {} interactions: records/s {:.0} | budget used {:.1}% | 429s {:.2}% | CPU s/10k records {:.3} | peak RSS {:.1} MiB",
+        all.len(), args.users, args.per_user,
+        med(|f| f.records_per_s), med(|f| f.budget_fraction) * 100.0, med(|f| f.throttled_pct),
+        med(|f| f.cpu_s_per_10k), med(|f| f.peak_rss_mib)
+    );
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    if v.is_empty() {
+        return 0.0;
+    }
+    v[v.len() / 2]
+}
+
+async fn one_run(args: &Args) -> Figures {
+    let mut cfg = SimConfig {
+        users: args.users,
+        interactions_per_user: args.per_user,
+        history_days: 30,
+        ..SimConfig::default()
+    };
+    cfg.rate_limits.interactions_rps = 30.0;
+    let sim = sim::spawn(cfg, ([127, 0, 0, 1], 0).into())
+        .await
+        .expect("simulator");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("bench.toml");
+    std::fs::write(&config, config_text(&sim.authority(), dir.path(), args.rps)).expect("config");
+
+    let started = Instant::now();
+    let (status, usage) = run_child(&config);
+    let wall = started.elapsed();
+    assert!(status == 0, "archiver exited {status}");
+
+    let stats: serde_json::Value = reqwest::get(format!("{}/_sim/stats", sim.authority()))
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("stats json");
+    let truth = groundtruth::fetch(&sim.authority(), "copilot")
+        .await
+        .expect("truth");
+    let store = FsStore::new(dir.path().join("archive"));
+    let cmp = groundtruth::compare(&truth, &store, "copilot", chrono::Utc::now())
+        .await
+        .expect("compare");
+    assert!(cmp.is_exact(), "{}", cmp.summary());
+    sim.shutdown().await;
+    figures(&stats, cmp.matched as f64, wall, usage)
+}
+
+fn config_text(authority: &str, dir: &std::path::Path, rps: f64) -> String {
+    let start = (chrono::Utc::now() - chrono::Duration::days(40)).to_rfc3339();
+    format!(
+        r#"[graph]
+tenant_id = "00000000-0000-4000-8000-000000000001"
+client_id = "11111111-1111-4111-8111-111111111111"
+client_secret = "sim-secret-do-not-use"
+base_url = "{authority}/v1.0"
+authority = "{authority}"
+[graph.rate_limits]
+interactions_rps = {rps}
+[state]
+url = "sqlite://{dir}/state.db"
+[store]
+kind = "fs"
+path = "{dir}/archive"
+[export]
+sources = ["copilot"]
+start = "{start}"
+max_window = "60d"
+settle_lag = "1s"
+concurrency = 32
+[log]
+level = "warn"
+"#,
+        dir = dir.display()
+    )
+}
+
+struct Usage {
+    cpu: Duration,
+    max_rss_kib: i64,
+}
+
+/// Runs the archiver and reaps it with wait4 to get its own rusage.
+fn run_child(config: &std::path::Path) -> (i32, Usage) {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_m365-archiver"))
+        .arg("--config")
+        .arg(config)
+        .args(["run", "--once"])
+        .spawn()
+        .expect("spawn archiver");
+    let pid = child.id() as libc::pid_t;
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain old data; wait4 fills it for our own child.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    assert!(rc == pid, "wait4 failed");
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    (
+        code,
+        Usage {
+            cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
+            max_rss_kib: ru.ru_maxrss,
+        },
+    )
+}
+
+fn figures(stats: &serde_json::Value, records: f64, wall: Duration, usage: Usage) -> Figures {
+    let (requests, throttled, span_s) = interaction_requests(stats);
+    let wall_s = wall.as_secs_f64();
+    Figures {
+        records,
+        wall_s,
+        records_per_s: records / wall_s,
+        requests,
+        requests_per_s: requests / span_s.max(1e-9),
+        budget_fraction: requests / span_s.max(1e-9) / 30.0,
+        throttled,
+        throttled_pct: if requests > 0.0 {
+            throttled / requests * 100.0
+        } else {
+            0.0
+        },
+        cpu_s_per_10k: usage.cpu.as_secs_f64() / records.max(1.0) * 10_000.0,
+        peak_rss_mib: usage.max_rss_kib as f64 / 1024.0,
+    }
+}
+
+/// Requests the simulator saw on the interactions endpoint, how many it throttled, and the
+/// seconds between the first and the last of them.
+fn interaction_requests(stats: &serde_json::Value) -> (f64, f64, f64) {
+    let by_status = &stats["requests"]["interactions"];
+    let requests: f64 = by_status
+        .as_object()
+        .map(|m| m.values().filter_map(|v| v.as_f64()).sum())
+        .unwrap_or(0.0);
+    let throttled = by_status["429"].as_f64().unwrap_or(0.0);
+    let span = &stats["class_span"]["interactions"];
+    let t = |k: &str| {
+        span[k]
+            .as_str()
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+            .map(|d| d.timestamp_millis() as f64 / 1000.0)
+            .unwrap_or(0.0)
+    };
+    (requests, throttled, t("last") - t("first"))
+}
