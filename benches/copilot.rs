@@ -3,15 +3,14 @@
 //!
 //!   cargo bench --bench copilot -- [--users N] [--per-user N] [--runs N] [--rps R]
 //!
-//! Each run starts a fresh simulated tenant in this process, runs `m365-archiver run --once` as
-//! a child process (so CPU and peak RSS are the archiver's alone, from wait4's rusage), then
+//! Each run starts a fresh simulated tenant (`m365-archiver sim`) and `m365-archiver run --once`
+//! as child processes (CPU and peak RSS are the archiver's alone, from wait4's rusage), then
 //! prints records/s, requests/s as a fraction of the budget, 429s, CPU seconds per 10k records
 //! and peak RSS, and checks the archive against the ground truth. With several runs it prints
 //! the median of each figure. See docs/benchmarks.md.
 
 use m365_archiver::archive::fs::FsStore;
 use m365_archiver::groundtruth;
-use m365_archiver::sim::{self, SimConfig};
 use std::time::{Duration, Instant};
 
 struct Args {
@@ -92,32 +91,25 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 async fn one_run(args: &Args) -> Figures {
-    let mut cfg = SimConfig {
-        users: args.users,
-        interactions_per_user: args.per_user,
-        history_days: 30,
-        ..SimConfig::default()
-    };
-    cfg.rate_limits.interactions_rps = 30.0;
-    let sim = sim::spawn(cfg, ([127, 0, 0, 1], 0).into())
-        .await
-        .expect("simulator");
     let dir = tempfile::tempdir().expect("tempdir");
+    let sim = SimProcess::start(dir.path(), args);
+    let authority = sim.authority.clone();
+    sim.wait_ready().await;
     let config = dir.path().join("bench.toml");
-    std::fs::write(&config, config_text(&sim.authority(), dir.path(), args.rps)).expect("config");
+    std::fs::write(&config, config_text(&authority, dir.path(), args.rps)).expect("config");
 
     let started = Instant::now();
     let (status, usage) = run_child(&config);
     let wall = started.elapsed();
     assert!(status == 0, "archiver exited {status}");
 
-    let stats: serde_json::Value = reqwest::get(format!("{}/_sim/stats", sim.authority()))
+    let stats: serde_json::Value = reqwest::get(format!("{authority}/_sim/stats"))
         .await
         .expect("stats")
         .json()
         .await
         .expect("stats json");
-    let truth = groundtruth::fetch(&sim.authority(), "copilot")
+    let truth = groundtruth::fetch(&authority, "copilot")
         .await
         .expect("truth");
     let store = FsStore::new(dir.path().join("archive"));
@@ -125,8 +117,66 @@ async fn one_run(args: &Args) -> Figures {
         .await
         .expect("compare");
     assert!(cmp.is_exact(), "{}", cmp.summary());
-    sim.shutdown().await;
+    drop(sim);
     figures(&stats, cmp.matched as f64, wall, usage)
+}
+
+/// The simulator runs as its own process so that this process stays small: a child's peak RSS
+/// (ru_maxrss) includes what it inherited between fork and exec.
+struct SimProcess {
+    child: std::process::Child,
+    authority: String,
+}
+
+impl SimProcess {
+    fn start(dir: &std::path::Path, args: &Args) -> SimProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let cfg = dir.join("sim.toml");
+        let text = format!(
+            "users = {}\ninteractions_per_user = {}\nhistory_days = 30\n[rate_limits]\ninteractions_rps = 30.0\n",
+            args.users, args.per_user
+        );
+        std::fs::write(&cfg, text).expect("sim config");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_m365-archiver"))
+            .args([
+                "sim",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--sim-config",
+            ])
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start simulator");
+        SimProcess {
+            child,
+            authority: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if reqwest::get(format!("{}/_sim/stats", self.authority))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("simulator did not start");
+    }
+}
+
+impl Drop for SimProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn config_text(authority: &str, dir: &std::path::Path, rps: f64) -> String {
@@ -163,7 +213,9 @@ struct Usage {
     max_rss_kib: i64,
 }
 
-/// Runs the archiver and reaps it with wait4 to get its own rusage.
+/// Runs the archiver and reaps it with wait4 for its CPU time. Peak RSS comes from the
+/// process's own high-water mark (VmHWM), sampled while it runs: ru_maxrss would also count
+/// the parent's pages a spawned child shares until exec.
 fn run_child(config: &std::path::Path) -> (i32, Usage) {
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_m365-archiver"))
         .arg("--config")
@@ -172,11 +224,25 @@ fn run_child(config: &std::path::Path) -> (i32, Usage) {
         .spawn()
         .expect("spawn archiver");
     let pid = child.id() as libc::pid_t;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                peak = peak.max(vm_hwm_kib(pid).unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        })
+    };
     let mut status: libc::c_int = 0;
     // SAFETY: rusage is plain old data; wait4 fills it for our own child.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
     assert!(rc == pid, "wait4 failed");
+    let max_rss_kib = sampler.join().unwrap_or(0);
     let tv = |t: libc::timeval| {
         Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
     };
@@ -185,13 +251,15 @@ fn run_child(config: &std::path::Path) -> (i32, Usage) {
     } else {
         -1
     };
-    (
-        code,
-        Usage {
-            cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
-            max_rss_kib: ru.ru_maxrss,
-        },
-    )
+    let cpu = tv(ru.ru_utime) + tv(ru.ru_stime);
+    (code, Usage { cpu, max_rss_kib })
+}
+
+/// The peak resident set of a live process, from /proc (kept until the process is reaped).
+fn vm_hwm_kib(pid: libc::pid_t) -> Option<i64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn figures(stats: &serde_json::Value, records: f64, wall: Duration, usage: Usage) -> Figures {
