@@ -216,6 +216,8 @@ struct Usage {
 /// Runs the archiver and reaps it with wait4 for its CPU time. Peak RSS comes from the
 /// process's own high-water mark (VmHWM), sampled while it runs: ru_maxrss would also count
 /// the parent's pages a spawned child shares until exec.
+// The child is reaped by wait4 (for its rusage), not by Child::wait.
+#[allow(clippy::zombie_processes)]
 fn run_child(config: &std::path::Path) -> (i32, Usage) {
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_m365-archiver"))
         .arg("--config")

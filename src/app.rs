@@ -8,6 +8,9 @@ use crate::discovery::{self, DiscoveryError};
 use crate::graph::{GraphClient, GraphError};
 use crate::ingest::Ingestor;
 use crate::scheduler::{PassReport, Scheduler};
+use crate::sources::channels::{ChannelsSource, TeamDirectory};
+use crate::sources::chats::ChatsSource;
+use crate::sources::meetings::{Artifact, MeetingsSource};
 use crate::sources::{copilot::CopilotSource, Source, SourceKind};
 use crate::state::{StateDb, StateError};
 use std::sync::Arc;
@@ -24,6 +27,8 @@ pub enum AppError {
     Graph(#[from] GraphError),
     #[error("{0}")]
     Discovery(#[from] DiscoveryError),
+    #[error("{0}")]
+    Compliance(#[from] crate::compliance::ComplianceError),
 }
 
 impl AppError {
@@ -36,6 +41,13 @@ impl AppError {
             {
                 77
             }
+            AppError::Discovery(DiscoveryError::Scopes { source, .. })
+                if source.status() == Some(403) =>
+            {
+                77
+            }
+            AppError::Store(StoreError::Auth(_)) => 77,
+            AppError::Compliance(e) => e.exit_code(),
             AppError::Graph(_) | AppError::Discovery(_) => 69,
             AppError::State(_) | AppError::Store(_) => 69,
         }
@@ -48,6 +60,8 @@ pub struct App {
     pub store: Arc<dyn ArchiveStore>,
     pub graph: GraphClient,
     pub scheduler: Scheduler,
+    /// Which teams are deleted, as team discovery last saw it (read by the channels source).
+    pub teams: TeamDirectory,
 }
 
 pub async fn open_state(config: &Config) -> Result<StateDb, AppError> {
@@ -59,20 +73,42 @@ pub async fn open_state(config: &Config) -> Result<StateDb, AppError> {
 pub fn open_store(config: &StoreConfig) -> Arc<dyn ArchiveStore> {
     match config {
         StoreConfig::Fs { path } => Arc::new(FsStore::new(path.clone())),
+        // A store that cannot even be built reports why from its startup check.
+        StoreConfig::Azure(cfg) => match crate::archive::azure::AzureStore::new(cfg) {
+            Ok(store) => Arc::new(store),
+            Err(e) => Arc::new(crate::archive::unusable::UnusableStore::new(
+                format!("azure:{}", cfg.container_url),
+                &e,
+            )),
+        },
     }
 }
 
 pub fn sources_for(config: &Config) -> Vec<Arc<dyn Source>> {
+    sources_with(config, &TeamDirectory::default())
+}
+
+/// The configured sources; the channels source reads deleted teams from `teams`.
+pub fn sources_with(config: &Config, teams: &TeamDirectory) -> Vec<Arc<dyn Source>> {
+    let (page, t) = (config.export.page_size, &config.teams);
     config
         .export
         .sources
         .iter()
-        .filter_map(|kind| match kind {
-            SourceKind::Copilot => {
-                Some(Arc::new(CopilotSource::new(config.export.page_size)) as Arc<dyn Source>)
-            }
-            // Config validation admits only implemented sources.
-            _ => None,
+        .map(|kind| match kind {
+            SourceKind::Copilot => Arc::new(CopilotSource::new(page)) as Arc<dyn Source>,
+            SourceKind::Chats => Arc::new(ChatsSource::new(page, t.model, t.chat_senders.clone())),
+            SourceKind::Channels => Arc::new(ChannelsSource::new(page, t.model, teams.clone())),
+            SourceKind::Transcripts => Arc::new(MeetingsSource::new(
+                Artifact::Transcripts,
+                page,
+                t.content_timeout,
+            )),
+            SourceKind::Recordings => Arc::new(MeetingsSource::new(
+                Artifact::Recordings,
+                page,
+                t.content_timeout,
+            )),
         })
         .collect()
 }
@@ -86,17 +122,20 @@ impl App {
         store.check().await?;
         let graph = GraphClient::new(config.graph.clone())?;
         graph.check_credentials().await?;
+        crate::compliance::daemon::resolve_groups(&graph, &config.retention).await?;
         let ingest = Ingestor::new(
             store.clone(),
             state.clone(),
             config.export.write_concurrency,
-        );
+        )
+        .with_compliance(crate::compliance::Compliance::new(config.retention.clone()));
+        let teams = TeamDirectory::default();
         let scheduler = Scheduler::new(
             config.export.clone(),
             graph.clone(),
             state.clone(),
             ingest,
-            sources_for(&config),
+            sources_with(&config, &teams),
         );
         tracing::info!(
             state = state_kind(&config.state_url),
@@ -110,13 +149,28 @@ impl App {
             store,
             graph,
             scheduler,
+            teams,
         })
+    }
+
+    /// Users, then the teams and meeting organizers the Teams sources need.
+    async fn discover(&self) -> Result<(), DiscoveryError> {
+        discovery::sync_users(&self.graph, &self.state, &self.config.discovery).await?;
+        discovery::sync_teams_and_organizers(
+            &self.graph,
+            &self.state,
+            &self.config.teams,
+            &self.config.export.sources,
+            &self.teams,
+        )
+        .await
     }
 
     /// Discovery, then one pass over every scope.
     pub async fn run_once(&self, cancel: &CancellationToken) -> Result<PassReport, AppError> {
-        discovery::sync_users(&self.graph, &self.state, &self.config.discovery).await?;
+        self.discover().await?;
         let report = self.scheduler.run_pass(cancel, true).await?;
+        self.reconcile_holds().await;
         self.log_graph_stats();
         Ok(report)
     }
@@ -135,23 +189,42 @@ impl App {
         );
     }
 
+    /// One iteration of the daemon: discovery when due, then a pass over every scope. The
+    /// service loop (`ops::service`) wraps it with readiness, watchdog, reload and metrics.
+    pub async fn daemon_pass(
+        &self,
+        last_discovery: &mut Option<std::time::Instant>,
+        cancel: &CancellationToken,
+    ) -> Result<PassReport, AppError> {
+        let due = last_discovery.is_none_or(|t| t.elapsed() >= self.config.discovery_interval);
+        if due {
+            // Discovery is not cancellable inside; a shutdown must not wait for its retries.
+            let sync = tokio::select! {
+                r = self.discover() => r,
+                _ = cancel.cancelled() => return Ok(PassReport::default()),
+            };
+            match sync {
+                Ok(_) => {
+                    *last_discovery = Some(std::time::Instant::now());
+                    self.refresh_groups().await;
+                }
+                // Keep archiving the scopes already known; try discovery again next pass.
+                Err(e) => {
+                    tracing::error!(error = %e, "user discovery failed; keeping the known users")
+                }
+            }
+        }
+        let report = self.scheduler.run_pass(cancel, false).await?;
+        self.reconcile_holds().await;
+        self.log_graph_stats();
+        Ok(report)
+    }
+
     /// The daemon loop: discovery when due, a pass every poll interval, until cancelled.
     pub async fn run_forever(&self, cancel: &CancellationToken) -> Result<(), AppError> {
         let mut last_discovery: Option<std::time::Instant> = None;
         loop {
-            let due = last_discovery.is_none_or(|t| t.elapsed() >= self.config.discovery_interval);
-            if due {
-                match discovery::sync_users(&self.graph, &self.state, &self.config.discovery).await
-                {
-                    Ok(_) => last_discovery = Some(std::time::Instant::now()),
-                    // Keep archiving the scopes already known; try discovery again next pass.
-                    Err(e) => {
-                        tracing::error!(error = %e, "user discovery failed; keeping the known users")
-                    }
-                }
-            }
-            self.scheduler.run_pass(cancel, false).await?;
-            self.log_graph_stats();
+            self.daemon_pass(&mut last_discovery, cancel).await?;
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(self.config.export.poll_interval) => {}

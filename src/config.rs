@@ -36,9 +36,38 @@ pub const KNOWN_KEYS: &[&str] = &[
     "graph.rate_limits.interactions_rps",
     "graph.rate_limits.messages_rps",
     "graph.rate_limits.other_rps",
+    "graph.rate_limits.per_team_rps",
+    "graph.rate_limits.per_chat_rps",
     "state.url",
     "store.kind",
     "store.path",
+    "store.container_url",
+    "store.auth",
+    "store.sas_token",
+    "store.sas_token_file",
+    "store.sas_token_credential",
+    "store.tenant_id",
+    "store.client_id",
+    "store.client_secret",
+    "store.client_secret_file",
+    "store.client_secret_credential",
+    "store.certificate_file",
+    "store.private_key_file",
+    "store.private_key_credential",
+    "store.managed_identity_client_id",
+    "store.authority",
+    "store.max_retries",
+    "store.retry_delay",
+    "store.request_timeout",
+    "store.block_size_mib",
+    "store.upload_parallelism",
+    "store.require_immutability",
+    "store.staging_path",
+    "retention.disposal",
+    "retention.default.retain",
+    "retention.default.mode",
+    "retention.default.dispose",
+    "retention.rules",
     "export.sources",
     "export.start",
     "export.page_size",
@@ -59,6 +88,16 @@ pub const KNOWN_KEYS: &[&str] = &[
     "discovery.interval",
     "log.format",
     "log.level",
+    "metrics.listen",
+    "service.shutdown_timeout",
+    "teams.model",
+    "teams.chat_from_user_ids",
+    "teams.chat_from_user_identity_types",
+    "teams.chat_from_application_identity_types",
+    "teams.chat_system_messages",
+    "teams.include_deleted_teams",
+    "teams.organizers",
+    "teams.content_timeout",
 ];
 
 /// Keys whose environment value is a comma-separated list.
@@ -67,6 +106,10 @@ const LIST_KEYS: &[&str] = &[
     "discovery.sku_ids",
     "discovery.service_plan_ids",
     "discovery.users",
+    "teams.chat_from_user_ids",
+    "teams.chat_from_user_identity_types",
+    "teams.chat_from_application_identity_types",
+    "teams.organizers",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +123,7 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    fn key(key: &str, problem: impl Into<String>) -> Self {
+    pub(crate) fn key(key: &str, problem: impl Into<String>) -> Self {
         ConfigError::Key {
             key: key.to_string(),
             problem: problem.into(),
@@ -98,6 +141,14 @@ pub struct Settings {
     pub discovery: DiscoverySettings,
     #[serde(default)]
     pub log: LogSettings,
+    #[serde(default)]
+    pub metrics: crate::ops::settings::MetricsSettings,
+    #[serde(default)]
+    pub service: crate::ops::settings::ServiceSettings,
+    #[serde(default)]
+    pub retention: crate::retention::RetentionSettings,
+    #[serde(default)]
+    pub teams: crate::sources::settings::TeamsSettings,
 }
 
 #[derive(Debug, Deserialize)]
@@ -139,6 +190,12 @@ pub struct RateLimitSettings {
     pub messages_rps: f64,
     #[serde(default = "default_other_rps")]
     pub other_rps: f64,
+    /// Graph allows 4 rps per app on one team (channel messages of that team).
+    #[serde(default = "default_per_team_rps")]
+    pub per_team_rps: f64,
+    /// Graph allows 1 rps per app on one chat or channel.
+    #[serde(default = "default_per_chat_rps")]
+    pub per_chat_rps: f64,
 }
 
 impl Default for RateLimitSettings {
@@ -147,6 +204,8 @@ impl Default for RateLimitSettings {
             interactions_rps: default_interactions_rps(),
             messages_rps: default_messages_rps(),
             other_rps: default_other_rps(),
+            per_team_rps: default_per_team_rps(),
+            per_chat_rps: default_per_chat_rps(),
         }
     }
 }
@@ -162,6 +221,9 @@ pub struct StoreSettings {
     #[serde(default)]
     pub kind: String,
     pub path: Option<PathBuf>,
+    /// The `store.*` keys of the Azure backend (ignored with kind = "fs").
+    #[serde(flatten)]
+    pub azure: crate::archive::azure::AzureSettings,
 }
 
 #[derive(Debug, Deserialize)]
@@ -270,6 +332,12 @@ fn default_messages_rps() -> f64 {
 fn default_other_rps() -> f64 {
     30.0
 }
+fn default_per_team_rps() -> f64 {
+    4.0
+}
+fn default_per_chat_rps() -> f64 {
+    1.0
+}
 fn default_page_size() -> u32 {
     100
 }
@@ -326,11 +394,19 @@ pub struct Config {
     pub discovery: DiscoveryConfig,
     pub discovery_interval: Duration,
     pub log: LogConfig,
+    pub metrics: crate::ops::settings::MetricsConfig,
+    pub service: crate::ops::settings::ServiceConfig,
+    pub retention: crate::retention::RetentionRules,
+    pub teams: crate::sources::settings::TeamsConfig,
 }
 
 #[derive(Debug, Clone)]
 pub enum StoreConfig {
-    Fs { path: PathBuf },
+    Fs {
+        path: PathBuf,
+    },
+    /// Boxed: far larger than the other variant.
+    Azure(Box<crate::archive::azure::AzureConfig>),
 }
 
 #[derive(Debug, Clone)]
@@ -469,8 +545,10 @@ fn check_known_keys(raw: &config::Config) -> Result<(), ConfigError> {
         if !KNOWN_KEYS.contains(&key.as_str()) {
             let section = key.split('.').next().unwrap_or("");
             // Sections come from KNOWN_KEYS so that a new section cannot be forgotten here.
-            let mut sections: Vec<&str> =
-                KNOWN_KEYS.iter().filter_map(|k| k.split('.').next()).collect();
+            let mut sections: Vec<&str> = KNOWN_KEYS
+                .iter()
+                .filter_map(|k| k.split('.').next())
+                .collect();
             sections.sort_unstable();
             sections.dedup();
             let hint = if sections.contains(&section) {
@@ -507,6 +585,17 @@ impl Settings {
         let discovery_interval = self.discovery.interval;
         let discovery = self.discovery.validate()?;
         let log = self.log.validate()?;
+        let metrics = self.metrics.validate()?;
+        let service = self.service.validate()?;
+        let retention = self.retention.validate()?;
+        let teams = self.teams.validate()?;
+        if matches!(store, StoreConfig::Azure(_)) && !retention.is_configured() {
+            return Err(ConfigError::key(
+                "retention.default",
+                "is required with store.kind = \"azure\": every blob is written with the \
+                 immutability policy the retention rules choose",
+            ));
+        }
         Ok(Config {
             graph,
             state_url,
@@ -515,6 +604,10 @@ impl Settings {
             discovery,
             discovery_interval,
             log,
+            metrics,
+            service,
+            retention,
+            teams,
         })
     }
 }
@@ -549,6 +642,8 @@ impl GraphSettings {
             ("graph.rate_limits.interactions_rps", rl.interactions_rps),
             ("graph.rate_limits.messages_rps", rl.messages_rps),
             ("graph.rate_limits.other_rps", rl.other_rps),
+            ("graph.rate_limits.per_team_rps", rl.per_team_rps),
+            ("graph.rate_limits.per_chat_rps", rl.per_chat_rps),
         ] {
             if !(v.is_finite() && v > 0.0) {
                 return Err(ConfigError::key(key, "must be a positive number"));
@@ -576,6 +671,8 @@ impl GraphSettings {
                 interactions_rps: rl.interactions_rps,
                 messages_rps: rl.messages_rps,
                 other_rps: rl.other_rps,
+                per_team_rps: rl.per_team_rps,
+                per_chat_rps: rl.per_chat_rps,
             },
         })
     }
@@ -666,7 +763,7 @@ fn default_token_scope(base_url: &Url) -> String {
     format!("{}/.default", base_url.origin().ascii_serialization())
 }
 
-fn read_secret_file(key: &str, path: &Path) -> Result<SecretString, ConfigError> {
+pub(crate) fn read_secret_file(key: &str, path: &Path) -> Result<SecretString, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::key(key, format!("cannot read {}: {e}", path.display())))?;
     let trimmed = text.trim_end_matches(['\r', '\n']);
@@ -680,7 +777,7 @@ fn read_secret_file(key: &str, path: &Path) -> Result<SecretString, ConfigError>
 }
 
 /// systemd's `LoadCredential=NAME:...` puts the secret in `$CREDENTIALS_DIRECTORY/NAME`.
-fn read_credential(key: &str, name: &str) -> Result<SecretString, ConfigError> {
+pub(crate) fn read_credential(key: &str, name: &str) -> Result<SecretString, ConfigError> {
     let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
         ConfigError::key(
             key,
@@ -720,10 +817,7 @@ impl StoreSettings {
                     })?;
                 Ok(StoreConfig::Fs { path })
             }
-            "azure" => Err(ConfigError::key(
-                "store.kind",
-                "\"azure\" is not available in this build yet; use \"fs\"",
-            )),
+            "azure" => Ok(StoreConfig::Azure(Box::new(self.azure.validate()?))),
             "" => Err(ConfigError::key(
                 "store.kind",
                 "is required (\"fs\" or \"azure\")",
@@ -752,14 +846,6 @@ impl ExportSettings {
                     format!("unknown source \"{s}\" (expected copilot, chats, channels, transcripts, recordings)"),
                 )
             })?;
-            if kind != SourceKind::Copilot {
-                return Err(ConfigError::key(
-                    "export.sources",
-                    format!(
-                        "source \"{s}\" is not available in this build yet (available: copilot)"
-                    ),
-                ));
-            }
             if !sources.contains(&kind) {
                 sources.push(kind);
             }

@@ -22,7 +22,19 @@ pub enum DiscoveryError {
     BadUser { what: String },
     #[error(transparent)]
     State(#[from] StateError),
+    /// Discovery of teams or meeting organizers (see `discovery/teams.rs`).
+    #[error("discovering {what}: {source}")]
+    Scopes {
+        what: &'static str,
+        #[source]
+        source: GraphError,
+    },
+    #[error("discovering {what}: an object without an id in the listing")]
+    BadObject { what: &'static str },
 }
+
+mod teams;
+pub use teams::sync_teams_and_organizers;
 
 #[derive(Deserialize)]
 struct UserRow {

@@ -5,7 +5,7 @@
 //! archive store, catalogue them, and only when every page is done write the window manifest and
 //! advance the checkpoint, together, in one transaction.
 
-use crate::archive::{keys, sha256_hex, ArchiveStore, PutOptions, PutOutcome, StoreError};
+use crate::archive::{keys, sha256_hex, ArchiveStore, PutOutcome, StoreError};
 use crate::graph::{GraphClient, GraphError, Record};
 use crate::manifest::{Manifest, ManifestEntry};
 use crate::sources::{RecordMeta, Scope, Source, Window};
@@ -16,6 +16,9 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use std::collections::HashSet;
 use std::sync::Arc;
 
+mod content;
+mod custody;
+
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error(transparent)]
@@ -24,6 +27,8 @@ pub enum IngestError {
     Store(#[from] StoreError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Content(#[from] crate::content::ContentError),
     #[error(
         "integrity alarm: {key} already exists in the archive with different content \
          (stored sha256 {stored_sha256}, Graph returned {new_sha256}); it was not overwritten and \
@@ -62,6 +67,8 @@ pub struct Ingestor {
     store: Arc<dyn ArchiveStore>,
     state: StateDb,
     write_concurrency: usize,
+    /// Retention rules for what is written (see `ingest/custody.rs`).
+    compliance: crate::compliance::Compliance,
 }
 
 /// One identified record of a page, ready to store.
@@ -70,6 +77,8 @@ struct Item {
     meta: RecordMeta,
     sha256: String,
     bytes: Bytes,
+    /// What retention rules and holds match on.
+    facts: crate::retention::RecordFacts,
 }
 
 impl Ingestor {
@@ -78,6 +87,7 @@ impl Ingestor {
             store,
             state,
             write_concurrency: write_concurrency.max(1),
+            compliance: Default::default(),
         }
     }
 
@@ -101,10 +111,15 @@ impl Ingestor {
         loop {
             let page = graph.get_page(&url, source.endpoint(), &headers).await?;
             report.pages += 1;
+            // Content (meeting transcripts, recordings) is archived with its records, before
+            // the window can complete; see ingest/content.rs.
+            let content = self.pending_content(graph, source, scope, &page.records);
             self.ingest_records(source, scope, page.records, &mut entries, &mut report)
                 .await?;
+            self.archive_content(graph, source, scope, content, &mut entries, &mut report)
+                .await?;
             match page.next_link {
-                Some(next) => url = next,
+                Some(next) => url = source.next_page_url(next),
                 None => break,
             }
         }
@@ -171,11 +186,13 @@ impl Ingestor {
                 Ok(meta) => {
                     let record_key = keys::record_key(&meta.parts);
                     if seen.insert((record_key.clone(), meta.etag.clone())) {
+                        let facts = custody::facts_of(source.kind().as_str(), scope, &rec);
                         items.push(Item {
                             record_key,
                             meta,
                             sha256,
                             bytes: rec.bytes,
+                            facts,
                         });
                     } else {
                         report.duplicates += 1;
@@ -201,10 +218,7 @@ impl Ingestor {
     ) -> Result<(), IngestError> {
         let src = source.kind().as_str();
         let key = keys::quarantine_key(src, &scope.id, sha256);
-        let opts = PutOptions {
-            sha256: sha256.to_string(),
-            ..Default::default()
-        };
+        let opts = self.evidence_options(sha256);
         self.store.put_create_only(&key, bytes, &opts).await?;
         tracing::warn!(
             source = src,
@@ -250,17 +264,19 @@ impl Ingestor {
         to_write: Vec<(String, Item)>,
         report: &mut WindowReport,
     ) -> Result<Vec<ManifestEntry>, IngestError> {
+        // Retention counts from each record's creation; `planned_at` stands in where it has none.
+        let custody = self.custody().await?;
+        let (custody_ref, planned_at) = (&custody, Utc::now());
         let outcomes: Vec<(String, Item, PutOutcome)> = stream::iter(to_write)
             .map(|(key, item)| async move {
-                let opts = PutOptions {
-                    sha256: item.sha256.clone(),
-                    ..Default::default()
-                };
+                let opts = self.record_options(src, scope, &item, custody_ref, planned_at);
+                let started = std::time::Instant::now();
                 let outcome = self
                     .store
                     .put_create_only(&key, item.bytes.clone(), &opts)
-                    .await?;
-                Ok::<_, IngestError>((key, item, outcome))
+                    .await;
+                crate::ops::metrics::store_put(&key, item.bytes.len(), started.elapsed(), &outcome);
+                Ok::<_, IngestError>((key, item, outcome?))
             })
             .buffer_unordered(self.write_concurrency)
             .try_collect()
@@ -269,6 +285,7 @@ impl Ingestor {
         let mut catalogue = Vec::with_capacity(outcomes.len());
         let mut entries = Vec::with_capacity(outcomes.len());
         let mut conflict = None;
+        let mut planned = Vec::with_capacity(outcomes.len());
         for (key, item, outcome) in outcomes {
             match outcome {
                 PutOutcome::Created => {
@@ -289,9 +306,12 @@ impl Ingestor {
                 }
             }
             entries.push(manifest_entry(&key, &item, true));
+            planned.push(self.planned(&key, scope, &item, &custody, planned_at));
             catalogue.push(catalogue_entry(src, scope, key, &item, now));
         }
+        self.record_planned(&planned).await?;
         self.state.catalogue_insert(&catalogue).await?;
+        self.late_holds(&custody, &planned).await?;
         if let Some(err) = conflict {
             self.report_conflict(&err).await?;
             return Err(err);
@@ -345,10 +365,7 @@ impl Ingestor {
         let bytes = Bytes::from(manifest.to_bytes());
         let sha256 = sha256_hex(&bytes);
         let key = keys::manifest_key(src, &scope.id, seq, &sha256);
-        let opts = PutOptions {
-            sha256: sha256.clone(),
-            ..Default::default()
-        };
+        let opts = self.evidence_options(&sha256);
         self.store.put_create_only(&key, bytes, &opts).await?;
         let commit = WindowCommit {
             source: src.to_string(),

@@ -4,7 +4,9 @@
 
 pub mod app;
 pub mod archive;
+pub mod compliance;
 pub mod config;
+pub mod content;
 pub mod demo;
 pub mod discovery;
 pub mod graph;
@@ -12,6 +14,7 @@ pub mod groundtruth;
 pub mod ingest;
 pub mod manifest;
 pub mod ops;
+pub mod retention;
 pub mod scheduler;
 pub mod sim;
 pub mod sources;

@@ -5,8 +5,8 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use m365_archiver::app::{self, App, AppError};
-use m365_archiver::config::{self, Config, ConfigError};
-use m365_archiver::ops::{status::StatusReport, telemetry};
+use m365_archiver::config::{self, Config};
+use m365_archiver::ops::{progress, service, status, telemetry};
 use m365_archiver::sim::{self, SimConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +41,12 @@ enum Command {
     Status {
         #[arg(long)]
         json: bool,
+        /// Detail for one user (id or UPN): every source, full last error.
+        #[arg(long)]
+        user: Option<String>,
+        /// Every scope's row, not just the overview (long on a large tenant).
+        #[arg(long)]
+        all: bool,
     },
     /// Archive the built-in simulated tenant with embedded defaults, then show the status.
     Demo {
@@ -62,6 +68,33 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Legal holds on a user, chat or team: add, release, list.
+    Hold {
+        #[command(subcommand)]
+        command: m365_archiver::compliance::cli::HoldCommand,
+    },
+    /// Delete records whose retention has expired, where the configuration allows; never a
+    /// record under legal hold.
+    Dispose {
+        /// Show what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Who runs the disposition (default: the login name), for the audit log.
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Re-read the archive: recompute hashes and the manifest chain, cross-check the catalogue.
+    /// Exits 1 if anything is missing, altered, extra or unchained.
+    Verify {
+        /// Only what was archived since this date (YYYY-MM-DD or RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this user (id or UPN).
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -86,7 +119,11 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_SOFTWARE);
         }
     };
-    runtime.block_on(dispatch(cli))
+    let code = runtime.block_on(dispatch(cli));
+    // Blocking work still running (a store write on a hung mount) must not hold the process
+    // past its shutdown deadline; its window is uncommitted, so dropping it loses nothing.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }
 
 async fn dispatch(cli: Cli) -> ExitCode {
@@ -104,7 +141,8 @@ async fn dispatch(cli: Cli) -> ExitCode {
             finish(serve_sim(listen, sim_config).await.map(|_| 0))
         }
         command => {
-            let config = match load_config(cli.config) {
+            let path = config_path(cli.config);
+            let config = match config::load(path.as_deref()) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -112,6 +150,9 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 }
             };
             telemetry::init(config.log.json, &config.log.level);
+            if let Command::Run { once: false } = command {
+                return run_service(config, path).await;
+            }
             match run_command(command, config).await {
                 Ok(code) => ExitCode::from(code),
                 Err(e) => {
@@ -147,10 +188,10 @@ fn chain(e: &anyhow::Error) -> String {
     out
 }
 
-fn load_config(path: Option<PathBuf>) -> Result<Config, ConfigError> {
+/// `--config`, else the packaged location if it exists (SIGHUP re-reads the same file).
+fn config_path(path: Option<PathBuf>) -> Option<PathBuf> {
     let default = PathBuf::from("/etc/m365-archiver/config.toml");
-    let path = path.or_else(|| default.exists().then_some(default));
-    config::load(path.as_deref())
+    path.or_else(|| default.exists().then_some(default))
 }
 
 async fn run_command(command: Command, config: Config) -> Result<u8, AppError> {
@@ -166,43 +207,64 @@ async fn run_command(command: Command, config: Config) -> Result<u8, AppError> {
             println!("state database is up to date");
             Ok(0)
         }
-        Command::Status { json } => {
+        Command::Status { json, user, all } => {
             let state = app::open_state(&config).await?;
-            let report = StatusReport::build(state.status().await?, chrono::Utc::now());
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).unwrap_or_default()
-                );
-            } else {
-                print!("{}", report.render());
-            }
-            Ok(0)
+            let view = status::gather(&config, &state).await?;
+            status::print(&view, json, user.as_deref(), all)
         }
-        Command::Run { once } => run(config, once).await,
+        Command::Run { .. } => run_once(config).await,
+        Command::Hold { command } => m365_archiver::compliance::cli::hold(command, &config).await,
+        Command::Dispose { dry_run, by } => {
+            m365_archiver::compliance::cli::dispose(&config, dry_run, by.as_deref()).await
+        }
+        Command::Verify { since, user, json } => {
+            m365_archiver::compliance::cli::verify(&config, since.as_deref(), user, json).await
+        }
         Command::Demo { .. } | Command::Sim { .. } => Ok(0),
     }
 }
 
-async fn run(config: Config, once: bool) -> Result<u8, AppError> {
+/// `run --once`: one pass, exit 0 only if every scope was exported.
+async fn run_once(config: Config) -> Result<u8, AppError> {
     let app = App::start(config).await?;
     let cancel = CancellationToken::new();
     spawn_signal_handler(cancel.clone());
-    if once {
-        let report = app.run_once(&cancel).await?;
-        for f in &report.failures {
-            eprintln!(
-                "failed: {} {} ({}): {}",
-                f.source,
-                f.scope_id,
-                f.label.as_deref().unwrap_or("-"),
-                f.error
-            );
-        }
-        return Ok(if report.ok() { 0 } else { 1 });
+    // A person at a terminal sees windows go by; logs and cron get the log lines only.
+    let shown = progress::on_terminal().then(|| progress::track_windows("archiving"));
+    let report = app.run_once(&cancel).await;
+    if let Some((bar, ticker)) = shown {
+        ticker.abort();
+        bar.finish("pass finished");
     }
-    app.run_forever(&cancel).await?;
-    Ok(0)
+    let report = report?;
+    for f in &report.failures {
+        eprintln!(
+            "failed: {} {} ({}): {}",
+            f.source,
+            f.scope_id,
+            f.label.as_deref().unwrap_or("-"),
+            f.error
+        );
+    }
+    Ok(if report.ok() { 0 } else { 1 })
+}
+
+/// `run`: the daemon under systemd (or a terminal), until SIGTERM/SIGINT.
+async fn run_service(config: Config, path: Option<PathBuf>) -> ExitCode {
+    let cancel = CancellationToken::new();
+    spawn_signal_handler(cancel.clone());
+    let result = match App::start(config).await {
+        Ok(app) => service::run(app, path, cancel).await,
+        Err(e) => Err(e.into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "stopping");
+            eprintln!("error: {e}");
+            ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(EX_SOFTWARE))
+        }
+    }
 }
 
 /// SIGTERM or Ctrl-C: stop taking work; windows in flight are abandoned without advancing
@@ -223,6 +285,11 @@ fn spawn_signal_handler(cancel: CancellationToken) {
         }
         tracing::info!("shutdown requested: finishing without advancing unfinished windows");
         cancel.cancel();
+        // A second Ctrl-C means "now": the checkpoints are safe either way.
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("second interrupt: exiting at once");
+            std::process::exit(130);
+        }
     });
 }
 

@@ -211,6 +211,11 @@ impl Scheduler {
         &self.owner
     }
 
+    /// Replaces the schedule (SIGHUP reload, `ops::reload`); takes effect from the next pass.
+    pub fn set_export(&mut self, export: ExportConfig) {
+        self.export = export;
+    }
+
     /// One pass over every active scope and every configured source. With `wait_for_leases`
     /// (`run --once`), scopes another process was exporting are taken again once that process
     /// lets go (or its lease expires), so the pass really covers every scope.
@@ -444,6 +449,7 @@ impl Scheduler {
             match result {
                 Ok(report) => {
                     log_window(src, &scope, &plan, &report, started.elapsed());
+                    crate::ops::metrics::window_archived(src, &plan, &report);
                     totals.add(&report);
                 }
                 Err(e) => {

@@ -5,9 +5,13 @@
 //! `link(2)`, which fails if the name exists (create-only without a race), then the directory is
 //! fsync'd. A crash leaves at worst a stray temp file, never a partial object under its key.
 
-use super::{keys, sha256_hex, ArchiveStore, PutOptions, PutOutcome, StoreError};
+use super::{
+    keys, sha256_hex, ArchiveStore, DeleteOutcome, ImmutabilityMode, ObjectProperties, PutOptions,
+    PutOutcome, StoreError,
+};
 use async_trait::async_trait;
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -115,6 +119,86 @@ impl ArchiveStore for FsStore {
             Ok(out)
         })
         .await
+    }
+
+    async fn hash(&self, key: &str) -> Result<Option<(String, u64)>, StoreError> {
+        let path = self.path_of(key)?;
+        let key = key.to_string();
+        blocking(move || hash_file(&path).map_err(Self::io("read", &key))).await
+    }
+
+    /// The local directory keeps no retention or hold of its own: the state database is the
+    /// record of both, and only disposition deletes.
+    async fn properties(&self, key: &str) -> Result<Option<ObjectProperties>, StoreError> {
+        Ok(self
+            .hash(key)
+            .await?
+            .map(|(sha256, size_bytes)| ObjectProperties {
+                size_bytes,
+                sha256: Some(sha256),
+                retain_until: None,
+                mode: None,
+                legal_hold: false,
+            }))
+    }
+
+    async fn set_legal_hold(&self, key: &str, _hold: bool) -> Result<(), StoreError> {
+        self.path_of(key)?;
+        Ok(())
+    }
+
+    async fn extend_retention(
+        &self,
+        key: &str,
+        _until: DateTime<Utc>,
+        _mode: ImmutabilityMode,
+    ) -> Result<(), StoreError> {
+        self.path_of(key)?;
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<DeleteOutcome, StoreError> {
+        let path = self.path_of(key)?;
+        let key = key.to_string();
+        blocking(move || delete_blocking(&path).map_err(Self::io("delete", &key))).await
+    }
+}
+
+/// Streams the file through sha256 in 1 MiB reads (recordings can be gigabytes).
+fn hash_file(path: &Path) -> std::io::Result<Option<(String, u64)>> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok(Some((hex::encode(hasher.finalize()), size)))
+}
+
+/// Unlinks the (read-only) file and makes the removal durable. Read-only files can be unlinked:
+/// the permission that matters is the directory's.
+fn delete_blocking(path: &Path) -> std::io::Result<DeleteOutcome> {
+    match fs::remove_file(path) {
+        Ok(()) => {
+            if let Some(parent) = path.parent() {
+                fsync_dir(parent)?;
+            }
+            Ok(DeleteOutcome::Deleted)
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(DeleteOutcome::NotFound),
+        Err(e) => Err(e),
     }
 }
 
@@ -420,6 +504,47 @@ mod tests {
             store.get(key).await.expect("get").as_deref(),
             Some(&b"WEBVTT\n"[..])
         );
+    }
+
+    #[tokio::test]
+    async fn hash_properties_and_delete() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FsStore::new(dir.path());
+        let key = "records/copilot/u/2/2.json";
+        let b = Bytes::from_static(b"{\"id\":\"2\"}");
+        store
+            .put_create_only(key, b.clone(), &opts(&b))
+            .await
+            .expect("put");
+        assert_eq!(
+            store.hash(key).await.expect("hash"),
+            Some((sha256_hex(&b), b.len() as u64))
+        );
+        let props = store
+            .properties(key)
+            .await
+            .expect("props")
+            .expect("present");
+        assert_eq!(props.sha256.as_deref(), Some(sha256_hex(&b).as_str()));
+        assert!(!props.legal_hold && props.retain_until.is_none());
+        store
+            .set_legal_hold(key, true)
+            .await
+            .expect("hold is a state-database matter");
+        assert_eq!(
+            store.delete(key).await.expect("delete"),
+            DeleteOutcome::Deleted
+        );
+        assert_eq!(
+            store.delete(key).await.expect("delete"),
+            DeleteOutcome::NotFound
+        );
+        assert_eq!(store.hash(key).await.expect("hash"), None);
+        assert!(store.properties(key).await.expect("props").is_none());
+        assert!(matches!(
+            store.delete("../escape").await,
+            Err(StoreError::InvalidKey { .. })
+        ));
     }
 
     #[tokio::test]

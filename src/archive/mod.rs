@@ -2,8 +2,10 @@
 //! A store knows bytes and keys, not Graph. `fs` is the embedded default; Azure Blob plugs in
 //! behind the same trait.
 
+pub mod azure;
 pub mod fs;
 pub mod keys;
+pub mod unusable;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -17,6 +19,61 @@ pub struct PutOptions {
     pub sha256: String,
     pub retain_until: Option<DateTime<Utc>>,
     pub legal_hold: bool,
+    /// Mode of the immutability policy `retain_until` sets (ignored without `retain_until`).
+    pub mode: ImmutabilityMode,
+    /// Provenance stored with the object where the backend keeps metadata (source, scope, ...).
+    /// Names are lowercase ASCII identifiers; values are ASCII (callers percent-encode ids).
+    pub metadata: std::collections::BTreeMap<String, String>,
+}
+
+/// Mode of a time-based immutability policy. A Locked policy can be extended but never shortened
+/// or removed, by anyone; SEC 17a-4(f) needs Locked. Unlocked can still be changed by an
+/// administrator of the storage account.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub enum ImmutabilityMode {
+    #[default]
+    Unlocked,
+    Locked,
+}
+
+impl ImmutabilityMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImmutabilityMode::Unlocked => "Unlocked",
+            ImmutabilityMode::Locked => "Locked",
+        }
+    }
+
+    /// Case-insensitive, as operators type it in configuration.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "unlocked" => Some(ImmutabilityMode::Unlocked),
+            "locked" => Some(ImmutabilityMode::Locked),
+            _ => None,
+        }
+    }
+}
+
+/// What the store knows about one stored object, beyond its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectProperties {
+    pub size_bytes: u64,
+    /// The sha256 recorded with the object (Azure metadata) or computed from it (fs); None
+    /// when the backend has no record of it.
+    pub sha256: Option<String>,
+    /// The object's own immutability policy; None when the backend has none (fs) or none is set.
+    pub retain_until: Option<DateTime<Utc>>,
+    pub mode: Option<ImmutabilityMode>,
+    pub legal_hold: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    Deleted,
+    /// Nothing was stored under the key (already deleted by an earlier, interrupted run).
+    NotFound,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +98,28 @@ pub enum StoreError {
     },
     #[error("archive store unavailable: {0}")]
     Unavailable(String),
+    /// The store refused a change because the object's immutability policy is still in force.
+    #[error("archive store: {key} is immutable under its retention policy; {op} refused")]
+    ImmutableDueToPolicy { op: &'static str, key: String },
+    /// The store refused a change because the object is under legal hold.
+    #[error("archive store: {key} is under legal hold; {op} refused")]
+    ImmutableDueToLegalHold { op: &'static str, key: String },
+    /// The store did not accept the archiver's credentials or permissions.
+    #[error("archive store refused the credentials: {0}")]
+    Auth(String),
+    /// The store answered "busy" until the retries ran out.
+    #[error("archive store is throttling requests: {0}")]
+    Throttled(String),
+    /// The store answered something the archiver cannot act on.
+    #[error("archive store: {op} {key} failed: {detail}")]
+    Rejected {
+        op: &'static str,
+        key: String,
+        detail: String,
+    },
+    /// This backend cannot do the operation.
+    #[error("archive store {store} does not support {op}")]
+    Unsupported { store: String, op: &'static str },
 }
 
 #[async_trait]
@@ -72,6 +151,50 @@ pub trait ArchiveStore: Send + Sync {
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError>;
     /// Every key under `prefix` (recursively), sorted.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    /// sha256 and size of the stored bytes, read in bounded memory (verification of
+    /// multi-gigabyte recordings); None when nothing is stored under `key`.
+    async fn hash(&self, key: &str) -> Result<Option<(String, u64)>, StoreError> {
+        Ok(self
+            .get(key)
+            .await?
+            .map(|b| (sha256_hex(&b), b.len() as u64)))
+    }
+    /// Size, recorded hash, retention and legal hold of one object; None when absent.
+    async fn properties(&self, _key: &str) -> Result<Option<ObjectProperties>, StoreError> {
+        Err(self.unsupported("reading object properties"))
+    }
+    /// Sets or clears the store's legal hold on an object (Azure Set Blob Legal Hold).
+    async fn set_legal_hold(&self, _key: &str, _hold: bool) -> Result<(), StoreError> {
+        Err(self.unsupported("legal holds"))
+    }
+    /// Extends an object's immutability policy to `until` (Azure Set Blob Immutability Policy).
+    /// Callers never pass an earlier date than the one in force: a Locked policy cannot be
+    /// shortened, and the archiver never shortens an Unlocked one either.
+    async fn extend_retention(
+        &self,
+        _key: &str,
+        _until: DateTime<Utc>,
+        _mode: ImmutabilityMode,
+    ) -> Result<(), StoreError> {
+        Err(self.unsupported("retention policies"))
+    }
+    /// Deletes an object. Only disposition calls this, for records whose retention has expired
+    /// and that no hold covers; the store itself refuses while a policy or hold is in force.
+    async fn delete(&self, _key: &str) -> Result<DeleteOutcome, StoreError> {
+        Err(self.unsupported("deletion"))
+    }
+    /// Whether the store itself enforces retention and legal holds (WORM). When false, the
+    /// state database is the only record of them.
+    fn enforces_retention(&self) -> bool {
+        false
+    }
+    #[doc(hidden)]
+    fn unsupported(&self, op: &'static str) -> StoreError {
+        StoreError::Unsupported {
+            store: self.describe(),
+            op,
+        }
+    }
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {

@@ -179,8 +179,8 @@ fn status_hint(status: u16) -> &'static str {
     match status {
         400 => "bad request",
         401 => "unauthorized even with a freshly fetched token: check the app registration's application permissions and admin consent",
-        402 => "payment required: the Teams export API billing model needs the `model` parameter or a billing setup (see docs)",
-        403 => "missing permission or licence: grant the application permission (e.g. AiEnterpriseInteraction.Read.All) with admin consent",
+        402 => "payment required: the Teams export APIs refuse this tenant without a billing model; set teams.model = \"A\" (security and compliance use, Microsoft 365 E5 licences, seeded capacity) or \"B\" (general use, metered) so that requests carry the `model` parameter, or set up billing for the app (https://learn.microsoft.com/graph/teams-licenses); not retried",
+        403 => "missing permission or licence: grant the application permission with admin consent (AiEnterpriseInteraction.Read.All for Copilot; Chat.Read.All, ChannelMessage.Read.All, Team.ReadBasic.All, OnlineMeetingTranscript.Read.All or OnlineMeetingRecording.Read.All for Teams, the meeting ones also need an application access policy)",
         404 => "not found (user deleted or has no mailbox?)",
         405 => "method not allowed: this API is not available at this URL or API version",
         409 => "conflict",

@@ -9,6 +9,7 @@
 //! [`GraphClientConfig`].
 
 mod assertion;
+mod billing;
 mod budget;
 mod error;
 mod page;
@@ -33,6 +34,7 @@ use serde::Deserialize;
 use url::Url;
 
 pub use assertion::AssertionForm;
+pub(crate) use assertion::CertSigner;
 pub use budget::{Budgets, Endpoint};
 pub use error::{GraphError, PageError};
 pub use page::{parse_collection, Page, Record};
@@ -88,6 +90,17 @@ struct Inner {
     pause: Pause,
     retry: RetryConfig,
     counters: Arc<Counters>,
+    billing: billing::BillingStop,
+}
+
+/// Everything a request needs besides its URL: which budget it takes from, the caller's
+/// headers, and (for content downloads) its own time limit.
+struct Call<'a> {
+    url: &'a Url,
+    endpoint: Endpoint,
+    headers: &'a HeaderMap,
+    timeout: Option<Duration>,
+    refreshed: &'a AtomicBool,
 }
 
 impl fmt::Debug for GraphClient {
@@ -135,6 +148,7 @@ impl GraphClient {
             pause: Pause::default(),
             retry: cfg.retry,
             counters,
+            billing: billing::BillingStop::default(),
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -172,6 +186,41 @@ impl GraphClient {
         self.execute(url, endpoint, headers, Ok).await
     }
 
+    /// GETs content too large to hold in memory (meeting recordings) under the same token,
+    /// budget, pause and retry policy as every request, but with its own time limit for the
+    /// whole transfer. Returns the 2xx response with its body unread: the caller streams it
+    /// and handles a transfer that breaks off (see `content`). `headers` may carry `Range`.
+    pub async fn get_stream(
+        &self,
+        url: &Url,
+        endpoint: Endpoint,
+        headers: &[(&'static str, String)],
+        timeout: Duration,
+    ) -> Result<reqwest::Response, GraphError> {
+        self.check_own_origin(url)?;
+        self.inner.billing.check(endpoint, url.path())?;
+        let headers = header_map(headers)?;
+        let refreshed = AtomicBool::new(false);
+        let call = Call {
+            url,
+            endpoint,
+            headers: &headers,
+            timeout: Some(timeout),
+            refreshed: &refreshed,
+        };
+        let result = retry::run(
+            &self.inner.retry,
+            url.path(),
+            |_, retry_after| self.on_retry(retry_after),
+            || self.attempt_stream(&call),
+        )
+        .await;
+        if let Err(e) = &result {
+            self.inner.billing.record(endpoint, e);
+        }
+        result
+    }
+
     /// A snapshot of the counters.
     pub fn stats(&self) -> GraphStats {
         self.inner.counters.snapshot()
@@ -191,15 +240,27 @@ impl GraphClient {
         P: Fn(Bytes) -> Result<T, GraphError>,
     {
         self.check_own_origin(url)?;
+        self.inner.billing.check(endpoint, url.path())?;
         let headers = header_map(headers)?;
         let refreshed = AtomicBool::new(false);
-        retry::run(
+        let call = Call {
+            url,
+            endpoint,
+            headers: &headers,
+            timeout: None,
+            refreshed: &refreshed,
+        };
+        let result = retry::run(
             &self.inner.retry,
             url.path(),
             |_, retry_after| self.on_retry(retry_after),
-            || self.attempt(url, endpoint, &headers, &refreshed, &parse),
+            || self.attempt(&call, &parse),
         )
-        .await
+        .await;
+        if let Err(e) = &result {
+            self.inner.billing.record(endpoint, e);
+        }
+        result
     }
 
     /// Before each retry: a server-requested wait becomes the tenant-wide pause.
@@ -217,61 +278,69 @@ impl GraphClient {
         bump(&self.inner.counters.retries);
     }
 
-    /// One attempt; a 401 gets one fresh token and one re-send within the same attempt
-    /// (at most once per logical request: a second 401 is final).
-    async fn attempt<T, P>(
-        &self,
-        url: &Url,
-        endpoint: Endpoint,
-        headers: &HeaderMap,
-        refreshed: &AtomicBool,
-        parse: &P,
-    ) -> Result<T, Failure>
+    /// One attempt, parsed.
+    async fn attempt<T, P>(&self, call: &Call<'_>, parse: &P) -> Result<T, Failure>
     where
         P: Fn(Bytes) -> Result<T, GraphError>,
     {
-        let (mut response, generation) = self.send(url, endpoint, headers).await?;
-        if response.status() == StatusCode::UNAUTHORIZED && !refreshed.swap(true, Ordering::Relaxed)
+        let response = self.respond(call).await?;
+        self.handle(call.url, response, parse).await
+    }
+
+    /// One attempt whose 2xx body is left to the caller.
+    async fn attempt_stream(&self, call: &Call<'_>) -> Result<reqwest::Response, Failure> {
+        let response = self.respond(call).await?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        Err(self.failure(call.url, response).await)
+    }
+
+    /// Sends once; a 401 gets one fresh token and one re-send within the same attempt
+    /// (at most once per logical request: a second 401 is final).
+    async fn respond(&self, call: &Call<'_>) -> Result<reqwest::Response, Failure> {
+        let (response, generation) = self.send(call).await?;
+        if response.status() == StatusCode::UNAUTHORIZED
+            && !call.refreshed.swap(true, Ordering::Relaxed)
         {
             tracing::debug!(
-                path = url.path(),
+                path = call.url.path(),
                 "graph: 401, fetching a fresh token and retrying once"
             );
             self.inner.tokens.invalidate(generation);
             bump(&self.inner.counters.retries);
-            response = self.send(url, endpoint, headers).await?.0;
+            return Ok(self.send(call).await?.0);
         }
-        self.handle(url, response, parse).await
+        Ok(response)
     }
 
     /// Waits out the pause and the budget, then sends with the current token. Every attempt
     /// takes from the budget: Graph counts throttled and failed requests too.
-    async fn send(
-        &self,
-        url: &Url,
-        endpoint: Endpoint,
-        headers: &HeaderMap,
-    ) -> Result<(reqwest::Response, u64), Failure> {
+    async fn send(&self, call: &Call<'_>) -> Result<(reqwest::Response, u64), Failure> {
         self.inner.pause.wait().await;
-        self.inner.budget.acquire(endpoint).await;
+        self.inner
+            .budget
+            .acquire(call.endpoint, call.url.path())
+            .await;
         let token = self.inner.tokens.get().await.map_err(Failure::Fatal)?;
         bump(&self.inner.counters.requests);
-        let sent = self
+        let mut request = self
             .inner
             .http
-            .get(url.clone())
-            .headers(headers.clone())
-            .bearer_auth(token.secret.expose_secret())
-            .send()
-            .await;
-        match sent {
+            .get(call.url.clone())
+            .headers(call.headers.clone())
+            .bearer_auth(token.secret.expose_secret());
+        if let Some(t) = call.timeout {
+            request = request.timeout(t);
+        }
+        match request.send().await {
             Ok(response) => {
                 self.inner
                     .counters
                     .record_status(response.status().as_u16());
                 Ok((response, token.generation))
             }
-            Err(e) => Err(self.transport_failure(url, e)),
+            Err(e) => Err(self.transport_failure(call.url, e)),
         }
     }
 
@@ -285,7 +354,6 @@ impl GraphClient {
     where
         P: Fn(Bytes) -> Result<T, GraphError>,
     {
-        let status = response.status().as_u16();
         if response.status().is_success() {
             let body = response
                 .bytes()
@@ -293,6 +361,12 @@ impl GraphClient {
                 .map_err(|e| self.transport_failure(url, e))?;
             return parse(body).map_err(|e| self.parse_failure(e));
         }
+        Err(self.failure(url, response).await)
+    }
+
+    /// Sorts an error response into retry or final error.
+    async fn failure(&self, url: &Url, response: reqwest::Response) -> Failure {
+        let status = response.status().as_u16();
         let retry_after = throttle_wait(status, response.headers());
         if status == 429 || retry_after.is_some() {
             bump(&self.inner.counters.throttled);
@@ -301,9 +375,9 @@ impl GraphClient {
         let body = response.bytes().await.unwrap_or_default();
         let error = status_error(status, &body, url.path());
         if is_retryable_status(status) {
-            Err(Failure::Retry { error, retry_after })
+            Failure::Retry { error, retry_after }
         } else {
-            Err(Failure::Fatal(error))
+            Failure::Fatal(error)
         }
     }
 

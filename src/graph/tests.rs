@@ -231,6 +231,7 @@ fn config(graph: SocketAddr, authority: SocketAddr, credential: Credential) -> G
             interactions_rps: 1000.0,
             messages_rps: 1000.0,
             other_rps: 1000.0,
+            ..Budgets::default()
         },
     }
 }

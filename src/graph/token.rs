@@ -301,7 +301,7 @@ impl TokenSource {
         let bearer = parsed
             .token_type
             .as_deref()
-            .map_or(true, |t| t.eq_ignore_ascii_case("bearer"));
+            .is_none_or(|t| t.eq_ignore_ascii_case("bearer"));
         let token = parsed
             .access_token
             .filter(|t| !t.is_empty() && bearer)

@@ -2,6 +2,7 @@
 //! The level comes from `log.level` unless `RUST_LOG` is set, and can be changed while running
 //! (SIGHUP reload) through a reloadable filter.
 
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -50,8 +51,15 @@ pub fn init(json: bool, level: &str) {
             )
             .try_init()
     } else {
+        // Colours only for a person at a terminal: in a pipe or a file they are noise.
+        let ansi = std::io::stderr().is_terminal();
         registry
-            .with(fmt::layer().with_target(false).with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_ansi(ansi)
+                    .with_target(false)
+                    .with_writer(std::io::stderr),
+            )
             .try_init()
     };
     if installed.is_ok() {
@@ -63,7 +71,10 @@ pub fn init(json: bool, level: &str) {
 /// configuration at start and on reload alike, so an operator's debugging override sticks.
 pub fn set_level(level: &str) -> Result<(), TelemetryError> {
     if std::env::var_os("RUST_LOG").is_some() {
-        tracing::info!(log.level = level, "RUST_LOG is set and keeps precedence over log.level");
+        tracing::info!(
+            log.level = level,
+            "RUST_LOG is set and keeps precedence over log.level"
+        );
         return Ok(());
     }
     let filter = EnvFilter::try_new(level).map_err(|e| TelemetryError::BadLevel {

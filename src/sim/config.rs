@@ -51,6 +51,9 @@ pub struct SimConfig {
     pub rate_limits: SimRateLimits,
     /// Injected faults.
     pub faults: FaultConfig,
+    /// Teams data: chats, teams and channels, online meetings (none by default, so a
+    /// Copilot-only tenant is generated exactly as before).
+    pub teams: TeamsSimConfig,
 }
 
 impl Default for SimConfig {
@@ -73,7 +76,94 @@ impl Default for SimConfig {
             max_top: 100,
             rate_limits: SimRateLimits::default(),
             faults: FaultConfig::default(),
+            teams: TeamsSimConfig::default(),
         }
+    }
+}
+
+/// The Teams part of the simulated tenant (issue 3). Every key defaults so that older
+/// configuration files keep working.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TeamsSimConfig {
+    /// 1:1, group and meeting chats among the tenant's users.
+    pub chats: u32,
+    /// Messages per chat (control messages included).
+    pub messages_per_chat: u32,
+    /// Teams (each with `channels_per_team` channels); `deleted_teams` of them are deleted.
+    pub teams: u32,
+    pub deleted_teams: u32,
+    pub channels_per_team: u32,
+    /// Root posts per channel; each gets 0..=`max_replies` replies.
+    pub posts_per_channel: u32,
+    pub max_replies: u32,
+    /// Online meetings, each with a transcript and one or two recordings.
+    pub meetings: u32,
+    /// Approximate size of a recording (each varies by up to an eighth).
+    pub recording_bytes: u64,
+    /// Shares of generated messages that were edited, reacted to, deleted (before the anchor).
+    pub edited_fraction: f64,
+    pub reacted_fraction: f64,
+    pub deleted_fraction: f64,
+    /// Answer 402 PaymentRequired to getAllMessages without `model=A|B` (older tenants).
+    pub require_model: bool,
+    /// Cap and default for `$top` on getAllMessages and the meeting artifact lists.
+    pub max_top: u32,
+}
+
+impl Default for TeamsSimConfig {
+    fn default() -> Self {
+        Self {
+            chats: 0,
+            messages_per_chat: 20,
+            teams: 0,
+            deleted_teams: 0,
+            channels_per_team: 3,
+            posts_per_channel: 10,
+            max_replies: 3,
+            meetings: 0,
+            recording_bytes: 4 << 20,
+            edited_fraction: 0.1,
+            reacted_fraction: 0.15,
+            deleted_fraction: 0.05,
+            require_model: false,
+            max_top: 50,
+        }
+    }
+}
+
+/// Bounds that keep a typo from exhausting memory (messages cost ~100 bytes of metadata).
+const MAX_TEAMS_MESSAGES: u64 = 5_000_000;
+
+impl TeamsSimConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, v) in [
+            ("teams.edited_fraction", self.edited_fraction),
+            ("teams.reacted_fraction", self.reacted_fraction),
+            ("teams.deleted_fraction", self.deleted_fraction),
+        ] {
+            check_fraction(name, v)?;
+        }
+        if self.deleted_teams > self.teams {
+            return Err("teams.deleted_teams must be <= teams.teams".to_owned());
+        }
+        if self.max_top == 0 {
+            return Err("teams.max_top must be >= 1".to_owned());
+        }
+        let chat_msgs = u64::from(self.chats) * u64::from(self.messages_per_chat);
+        let channel_msgs = u64::from(self.teams)
+            * u64::from(self.channels_per_team)
+            * u64::from(self.posts_per_channel)
+            * (1 + u64::from(self.max_replies));
+        if chat_msgs + channel_msgs > MAX_TEAMS_MESSAGES {
+            return Err(format!(
+                "teams: at most {MAX_TEAMS_MESSAGES} generated messages (chats x messages_per_chat + channel posts and replies)"
+            ));
+        }
+        if self.recording_bytes > 64 << 30 {
+            return Err("teams.recording_bytes must be <= 64 GiB".to_owned());
+        }
+        Ok(())
     }
 }
 
@@ -88,6 +178,11 @@ pub struct SimRateLimits {
     pub messages_rps: f64,
     /// Users, groups, deleted items and everything else.
     pub other_rps: f64,
+    /// Requests on one team (`/teams/{id}/...`, `/teamwork/deletedTeams/{id}/...`): Graph
+    /// allows 4 rps per app per team.
+    pub per_team_rps: f64,
+    /// Requests on one chat (`/chats/{id}/...`): Graph allows 1 rps per app per chat or channel.
+    pub per_chat_rps: f64,
 }
 
 impl Default for SimRateLimits {
@@ -96,6 +191,8 @@ impl Default for SimRateLimits {
             interactions_rps: 30.0,
             messages_rps: 200.0,
             other_rps: 50.0,
+            per_team_rps: 4.0,
+            per_chat_rps: 1.0,
         }
     }
 }
@@ -123,6 +220,9 @@ pub struct FaultConfig {
     pub truncated_rate: f64,
     /// 401 InvalidAuthenticationToken for a valid token.
     pub expired_token_rate: f64,
+    /// Streamed content (recordings, transcripts) only: abort the transfer part way, so that
+    /// a client must resume it (Range) or start over.
+    pub content_reset_rate: f64,
 }
 
 impl FaultConfig {
@@ -136,6 +236,7 @@ impl FaultConfig {
             ("malformed_rate", self.malformed_rate),
             ("truncated_rate", self.truncated_rate),
             ("expired_token_rate", self.expired_token_rate),
+            ("content_reset_rate", self.content_reset_rate),
         ];
         for (name, rate) in rates {
             check_fraction(name, rate)?;
@@ -195,6 +296,7 @@ impl SimConfig {
             return Err("token_ttl_secs must be >= 1".to_owned());
         }
         self.rate_limits.validate()?;
+        self.teams.validate()?;
         self.faults.validate()
     }
 }

@@ -4,7 +4,7 @@
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -22,10 +22,10 @@ use super::copilot::{truth, TruthRecord};
 use super::data::{
     mix, parse_time, AppClass, CopilotLicence, Interaction, Kind, TenantError, User,
 };
-use super::{lock, read, write, SimState};
+use super::{lock, read, teams_control, write, SimState};
 
 /// Sources the ground truth knows; new sources add their name and lister.
-const SOURCES: &[&str] = &["copilot"];
+const SOURCES: &[&str] = &["copilot", "chats", "channels", "transcripts", "recordings"];
 const DEFAULT_RESPONSE_DELAY_MS: u64 = 1_500;
 
 /// A refused control request.
@@ -64,6 +64,9 @@ pub(crate) fn router() -> Router<Arc<SimState>> {
         .route("/users", get(list_users))
         .route("/users/{id}/unlicense", post(unlicense))
         .route("/users/{id}/delete", post(delete))
+        .route("/messages", post(teams_control::change_message))
+        .route("/messages/churn", post(teams_control::churn))
+        .route("/teams/{id}/delete", post(teams_control::delete_team))
 }
 
 fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ControlError> {
@@ -71,10 +74,12 @@ fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ControlError> {
 }
 
 /// `GET /_sim/ground-truth?source=copilot`: every record that exists, visible or not,
-/// streamed user by user so a 100,000-user tenant is never rendered in one buffer.
+/// streamed user by user so a 100,000-user tenant is never rendered in one buffer. Teams
+/// sources (`chats`, `channels`, `transcripts`, `recordings`) follow; without `source`, all.
 async fn ground_truth(
     State(st): State<Arc<SimState>>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
 ) -> Result<Response, ControlError> {
     let source = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
         .find(|(k, _)| k == "source")
@@ -85,7 +90,19 @@ async fn ground_truth(
             SOURCES.join(", ")
         )));
     }
-    let snapshot: Vec<(User, Arc<Vec<Interaction>>)> = {
+    let teams_sources: Vec<&str> = match source.as_deref() {
+        Some("copilot") => Vec::new(),
+        Some(s) => vec![s],
+        None => teams_control::TEAMS_SOURCES.to_vec(),
+    };
+    let teams: Vec<teams_control::TeamsTruth> = teams_sources
+        .iter()
+        .flat_map(|s| teams_control::truth(&st, s, &headers))
+        .collect();
+    let copilot = source.as_deref().is_none_or(|s| s == "copilot");
+    let snapshot: Vec<(User, Arc<Vec<Interaction>>)> = if !copilot {
+        Vec::new()
+    } else {
         let t = read(&st.tenant);
         t.users
             .iter()
@@ -93,6 +110,7 @@ async fn ground_truth(
             .filter(|(_, items)| !items.is_empty())
             .collect()
     };
+    let tail = teams_tail(&teams, !snapshot.is_empty());
     let (seed, tenant_id) = (st.seed, st.tenant_id.clone());
     let chunks =
         futures::stream::iter(snapshot.into_iter().enumerate()).map(move |(n, (user, items))| {
@@ -109,6 +127,7 @@ async fn ground_truth(
         });
     let body = futures::stream::once(async { Ok(Bytes::from_static(b"{\"records\":[")) })
         .chain(chunks)
+        .chain(futures::stream::once(async move { Ok(Bytes::from(tail)) }))
         .chain(futures::stream::once(async {
             Ok(Bytes::from_static(b"]}"))
         }));
@@ -118,6 +137,19 @@ async fn ground_truth(
         HeaderValue::from_static("application/json"),
     );
     Ok(resp)
+}
+
+/// The Teams records of a ground-truth listing, comma-joined after `before` records.
+fn teams_tail(records: &[teams_control::TeamsTruth], before: bool) -> String {
+    let mut out = String::new();
+    for (k, r) in records.iter().enumerate() {
+        if before || k > 0 {
+            out.push(',');
+        }
+        // Serialising a plain struct of strings and numbers cannot fail.
+        out.push_str(&serde_json::to_string(r).unwrap_or_default());
+    }
+    out
 }
 
 async fn stats(State(st): State<Arc<SimState>>) -> Response {

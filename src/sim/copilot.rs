@@ -122,6 +122,8 @@ pub(crate) struct TruthRecord {
     /// The export API currently serves this record (its user is licensed).
     pub exportable: bool,
     pub interaction_type: &'static str,
+    /// The identity parts an archiver keys this record on: user id, interaction id.
+    pub parts: Vec<String>,
 }
 
 /// The ground truth of one Copilot record: the hash of the exact bytes served.
@@ -137,6 +139,7 @@ pub(crate) fn truth(seed: u64, tenant_id: &str, user: &User, it: &Interaction) -
         source: "copilot",
         scope: user.id.clone(),
         etag: id.clone(),
+        parts: vec![user.id.clone(), id.clone()],
         id,
         sha256: hex::encode(Sha256::digest(bytes.as_bytes())),
         created: format_ms(it.created_ms),

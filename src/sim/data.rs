@@ -234,6 +234,8 @@ pub(crate) struct Tenant {
     index: HashMap<String, usize>,
     pub pilot_members: Vec<usize>,
     pub copilot: CopilotStore,
+    /// Chats, teams and channels, meetings (empty unless `SimConfig::teams` asks for them).
+    pub teams: super::teams_data::TeamsStore,
 }
 
 /// Timing inputs of generation.
@@ -278,11 +280,13 @@ impl Tenant {
             .iter()
             .map(|u| (u.id.to_ascii_lowercase(), u.index))
             .collect();
+        let teams = super::teams_data::TeamsStore::generate(cfg, clock, &users);
         Tenant {
             users,
             index,
             pilot_members,
             copilot: CopilotStore { per_user },
+            teams,
         }
     }
 

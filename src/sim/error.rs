@@ -45,6 +45,11 @@ impl GraphError {
         GraphError::new(StatusCode::NOT_FOUND, "NotFound", message)
     }
 
+    /// Teams export APIs without a billing model, on tenants that still require one.
+    pub(crate) fn payment_required(message: impl Into<String>) -> GraphError {
+        GraphError::new(StatusCode::PAYMENT_REQUIRED, "PaymentRequired", message)
+    }
+
     /// Directory objects use their own not-found code.
     pub(crate) fn resource_not_found(id: &str) -> GraphError {
         GraphError::new(

@@ -47,6 +47,8 @@ pub(crate) struct Plan {
     pub refusal: Option<Refusal>,
     pub delay: Option<Duration>,
     pub body: Option<BodyFault>,
+    /// For streamed content only: reset after this fraction of the body.
+    pub content_reset: Option<f64>,
 }
 
 /// Fault settings and their RNG.
@@ -90,10 +92,16 @@ impl Faults {
         }
         let delay = (self.roll(self.cfg.slow_rate) && self.cfg.slow_ms > 0)
             .then(|| Duration::from_millis(self.cfg.slow_ms));
+        let body = self.body_fault();
+        // Rolled only when configured, so other fault sequences stay as they were.
+        let content_reset = self
+            .roll(self.cfg.content_reset_rate)
+            .then(|| self.rng.gen_range(0.1..0.9));
         Plan {
             refusal: None,
             delay,
-            body: self.body_fault(),
+            body,
+            content_reset,
         }
     }
 
@@ -161,6 +169,49 @@ pub(crate) fn apply_body_fault(mut parts: Parts, body: Bytes, fault: BodyFault) 
         }
     };
     Response::from_parts(parts, body)
+}
+
+/// Streams the first `keep` bytes of a streamed body, then aborts the connection: a reset in
+/// the middle of a large download, which a client must resume or restart, never mistake for
+/// the end.
+pub(crate) fn reset_stream(parts: Parts, body: Body, keep: u64) -> Response {
+    /// Where the cut stream is: passing bytes, owing the client its error, or finished.
+    enum Cut {
+        Passing(u64),
+        Failing,
+        Done,
+    }
+    let inner = body.into_data_stream();
+    let stream =
+        futures::stream::unfold((inner, Cut::Passing(keep)), |(mut inner, cut)| async move {
+            match cut {
+                Cut::Done => None,
+                Cut::Failing => {
+                    // The pause lets the part already written reach the client first.
+                    tokio::time::sleep(RESET_PAUSE).await;
+                    let e = std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        "simulated connection reset",
+                    );
+                    Some((Err(e), (inner, Cut::Done)))
+                }
+                Cut::Passing(left) => match inner.next().await {
+                    None => None,
+                    Some(Err(e)) => Some((
+                        Err(std::io::Error::other(e.to_string())),
+                        (inner, Cut::Done),
+                    )),
+                    Some(Ok(bytes)) if (bytes.len() as u64) < left => {
+                        let left = left - bytes.len() as u64;
+                        Some((Ok(bytes), (inner, Cut::Passing(left))))
+                    }
+                    Some(Ok(bytes)) => {
+                        Some((Ok(bytes.slice(..left as usize)), (inner, Cut::Failing)))
+                    }
+                },
+            }
+        });
+    Response::from_parts(parts, Body::from_stream(stream))
 }
 
 /// A prefix length in `[1, len - 1]` (0 for an empty body).

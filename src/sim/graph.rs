@@ -15,18 +15,20 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::copilot;
 use super::data::{Tenant, User, COPILOT_PLANS, E5_PLANS, E5_SKU, PILOT_GROUP_ID};
 use super::error::{finish, GraphError, RequestIds};
 use super::faults::{apply_body_fault, BodyFault, Plan, Refusal};
 use super::json::{render, Style, J};
+use super::meetings::Streamed;
 use super::odata::{
     fingerprint, next_link, parse_params, parse_select, parse_top, parse_user_filter, SkipToken,
     UserFilter,
 };
 use super::page::{page_response, render_page, Origin, PageStyle};
 use super::render::{user_object, USER_PROPERTIES};
+use super::throttle::ResourceKey;
 use super::throttle::RouteClass;
+use super::{chats, copilot, meetings};
 use super::{lock, read, SimState, COPILOT_SKU};
 
 /// Directory listings page at most this many objects.
@@ -53,6 +55,32 @@ pub(crate) fn router(state: Arc<SimState>) -> Router<Arc<SimState>> {
             "/copilot/interactionHistory/getAllEnterpriseInteractions",
             get(tenant_wide_interactions),
         )
+        .route(
+            "/users/{id}/chats/getAllMessages",
+            get(chats::chat_messages),
+        )
+        .route("/teams", get(chats::list_teams))
+        .route(
+            "/teams/{id}/channels/getAllMessages",
+            get(chats::team_messages),
+        )
+        .route("/teamwork/deletedTeams", get(chats::list_deleted_teams))
+        .route(
+            "/teamwork/deletedTeams/{id}/channels/getAllMessages",
+            get(chats::deleted_team_messages),
+        )
+        .route(
+            "/users/{id}/onlineMeetings/{function}",
+            get(meetings::artifacts),
+        )
+        .route(
+            "/users/{id}/onlineMeetings/{meeting}/transcripts/{item}/content",
+            get(meetings::transcript_content),
+        )
+        .route(
+            "/users/{id}/onlineMeetings/{meeting}/recordings/{item}/content",
+            get(meetings::recording_content),
+        )
         .fallback(unknown_segment)
         .layer(middleware::from_fn_with_state(state, gate));
     Router::new().nest("/v1.0", api.clone()).nest("/beta", api)
@@ -62,7 +90,8 @@ pub(crate) fn router(state: Arc<SimState>) -> Router<Arc<SimState>> {
 async fn gate(State(st): State<Arc<SimState>>, req: Request, next: Next) -> Response {
     let ids = RequestIds::from_headers(req.headers());
     let class = RouteClass::of_path(req.uri().path());
-    let resp = match admit(&st, req.headers(), class) {
+    let resource = ResourceKey::of_path(req.uri().path());
+    let resp = match admit(&st, req.headers(), class, resource) {
         Err(e) => e.into_response(),
         Ok(plan) => run_with_faults(&st, req, next, plan).await,
     };
@@ -78,12 +107,17 @@ async fn gate(State(st): State<Arc<SimState>>, req: Request, next: Next) -> Resp
 }
 
 /// Checks the token, takes a throttle token and plans faults.
-fn admit(st: &SimState, headers: &HeaderMap, class: RouteClass) -> Result<Plan, GraphError> {
+fn admit(
+    st: &SimState,
+    headers: &HeaderMap,
+    class: RouteClass,
+    resource: Option<ResourceKey>,
+) -> Result<Plan, GraphError> {
     let now = Instant::now();
     st.auth
         .check_bearer(headers.get(header::AUTHORIZATION), now)
         .map_err(GraphError::unauthorized)?;
-    if let Err(wait) = lock(&st.throttle).admit(class, now) {
+    if let Err(wait) = lock(&st.throttle).admit_keyed(class, resource, now) {
         lock(&st.stats).throttled += 1;
         return Err(GraphError::throttled(wait));
     }
@@ -121,8 +155,24 @@ async fn run_with_faults(st: &SimState, req: Request, next: Next, plan: Plan) ->
         tokio::time::sleep(delay).await;
     }
     let resp = next.run(req).await;
-    match plan.body {
-        Some(fault) if resp.status() == StatusCode::OK => {
+    let streamed = resp.extensions().get::<Streamed>().copied();
+    let stream_reset = match plan.body {
+        Some(BodyFault::Reset { keep }) => Some(keep),
+        _ => plan.content_reset,
+    };
+    match (plan.body, streamed) {
+        // Content is streamed: it is never buffered here, and only a reset mid-transfer
+        // applies (a cut body with a matching Content-Length would be undetectable for binary
+        // content, and Graph does not do that).
+        (_, Some(s)) => match stream_reset {
+            Some(keep) if resp.status().is_success() => {
+                lock(&st.stats).fault("reset");
+                let (parts, body) = resp.into_parts();
+                super::faults::reset_stream(parts, body, (s.len as f64 * keep) as u64)
+            }
+            _ => resp,
+        },
+        (Some(fault), None) if resp.status() == StatusCode::OK => {
             lock(&st.stats).fault(match fault {
                 BodyFault::Reset { .. } => "reset",
                 BodyFault::Truncated { .. } => "truncated",

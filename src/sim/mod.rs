@@ -17,8 +17,13 @@
 //! `auth` (token endpoint), `graph` (routes and the request gate), `copilot` (the export
 //! source), `throttle`, `faults`, `stats`, `control` (`/_sim`). A new source adds a
 //! store in `data`, a module like `copilot`, its routes in `graph` and a ground-truth lister.
+//! Teams: `teams_data` (chats, teams, channels, meetings and their versions), `messages`
+//! (chatMessage bytes), `message_filter`, `chats` (getAllMessages and team listings),
+//! `meetings` (transcripts, recordings, streamed content with Range), `teams_control`
+//! (message changes while an export runs, Teams ground truth).
 
 mod auth;
+mod chats;
 mod config;
 mod control;
 mod copilot;
@@ -27,17 +32,24 @@ mod error;
 mod faults;
 mod graph;
 mod json;
+mod meetings;
+mod message_filter;
+mod messages;
 mod odata;
 mod page;
 mod render;
 mod stats;
+mod teams_control;
+mod teams_data;
 mod text;
 mod throttle;
 
 #[cfg(test)]
+mod teams_tests;
+#[cfg(test)]
 mod tests;
 
-pub use config::{FaultConfig, SimConfig, SimRateLimits};
+pub use config::{FaultConfig, SimConfig, SimRateLimits, TeamsSimConfig};
 pub use data::COPILOT_SKU;
 
 use axum::routing::post;
@@ -88,6 +100,10 @@ pub(crate) struct SimState {
     pub throttle: Mutex<Throttle>,
     pub faults: Mutex<Faults>,
     pub stats: Mutex<Stats>,
+    /// Teams settings the routes need at request time (billing model, `$top` cap).
+    pub teams: config::TeamsSimConfig,
+    /// sha256 of generated recordings by seed, computed once for the ground truth.
+    pub content_sha: Mutex<std::collections::HashMap<u64, String>>,
 }
 
 /// Locks a mutex; a panic elsewhere never leaves these small critical sections half done,
@@ -233,14 +249,24 @@ async fn build_state(cfg: SimConfig) -> Result<Arc<SimState>, SimError> {
         throttle: Mutex::new(Throttle::new(cfg.rate_limits.clone(), now)),
         faults: Mutex::new(Faults::new(cfg.faults.clone(), cfg.seed)),
         stats: Mutex::new(Stats::default()),
+        teams: cfg.teams.clone(),
+        content_sha: Mutex::new(std::collections::HashMap::new()),
     }))
 }
 
 fn log_tenant(tenant: &Tenant, anchor: DateTime<Utc>) {
     let records: usize = tenant.copilot.per_user.iter().map(|v| v.len()).sum();
+    let t = &tenant.teams;
+    let chat_messages: usize = t.chats.iter().map(|c| c.messages.len()).sum();
+    let channel_messages: usize = t.channels.iter().map(|c| c.messages.len()).sum();
     tracing::info!(
         users = tenant.users.len(),
         copilot.records = records,
+        chats = t.chats.len(),
+        chats.messages = chat_messages,
+        teams = t.teams.len(),
+        channels.messages = channel_messages,
+        meetings = t.meetings.len(),
         anchor = %anchor,
         "simulator tenant generated"
     );

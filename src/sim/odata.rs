@@ -17,7 +17,7 @@ use super::data::{mix, parse_time};
 #[error("{0}")]
 pub(crate) struct ODataError(pub String);
 
-fn bad(msg: impl Into<String>) -> ODataError {
+pub(crate) fn bad(msg: impl Into<String>) -> ODataError {
     ODataError(msg.into())
 }
 
@@ -97,7 +97,7 @@ pub(crate) fn parse_top(
 // ---------------------------------------------------------------- filter expressions
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Tok {
+pub(crate) enum Tok {
     Open,
     Close,
     Str(String),
@@ -156,7 +156,7 @@ fn quoted(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Result<String
 
 /// A parsed boolean expression.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Expr {
+pub(crate) enum Expr {
     Or(Vec<Expr>),
     And(Vec<Expr>),
     Cmp {
@@ -234,7 +234,7 @@ impl Parser {
     }
 }
 
-fn parse_expr(filter: &str) -> Result<Expr, ODataError> {
+pub(crate) fn parse_expr(filter: &str) -> Result<Expr, ODataError> {
     let mut p = Parser {
         toks: tokenize(filter)?,
         pos: 0,
@@ -306,7 +306,7 @@ pub(crate) fn parse_interaction_filter(filter: &str) -> Result<InteractionFilter
     Ok(out)
 }
 
-fn flatten_and(e: Expr, out: &mut Vec<Expr>) {
+pub(crate) fn flatten_and(e: Expr, out: &mut Vec<Expr>) {
     match e {
         Expr::And(items) => items.into_iter().for_each(|i| flatten_and(i, out)),
         other => out.push(other),

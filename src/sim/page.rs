@@ -76,7 +76,7 @@ impl PageStyle {
         PageStyle {
             indent,
             escape: Escape {
-                slash: (h >> 8) % 4 == 0,
+                slash: (h >> 8).is_multiple_of(4),
                 ..Escape::default()
             },
         }

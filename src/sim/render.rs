@@ -217,7 +217,7 @@ fn contexts(it: &Interaction, pair: &Pair) -> J {
     }
 }
 
-fn file_url(name: &str) -> String {
+pub(crate) fn file_url(name: &str) -> String {
     let encoded = percent_encoding::utf8_percent_encode(name, URL_PATH);
     format!(
         "https://contoso-my.sharepoint.com/personal/shared_contoso_example/Documents/{encoded}?web=1"
@@ -446,7 +446,7 @@ fn mentions(ctx: &RecordCtx<'_>, pair: &Pair) -> J {
 }
 
 /// Escapes text for an HTML body.
-fn html(s: &str) -> String {
+pub(crate) fn html(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -461,7 +461,7 @@ fn html(s: &str) -> String {
 }
 
 /// Picks one of many byte layouts so that only an exact-bytes client passes.
-fn record_style(rng: &mut ChaCha8Rng) -> Style {
+pub(crate) fn record_style(rng: &mut ChaCha8Rng) -> Style {
     let base = match rng.gen_range(0..6) {
         0 => Style::COMPACT,
         1 => Style {

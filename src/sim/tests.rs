@@ -13,12 +13,12 @@ use std::sync::OnceLock;
 const ANCHOR: &str = "2025-03-01T12:00:00Z";
 const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
 
-fn anchor() -> DateTime<Utc> {
+pub(super) fn anchor() -> DateTime<Utc> {
     data::parse_time(ANCHOR).expect("anchor parses")
 }
 
 /// A small tenant without throttling, so tests that do not test it run at full speed.
-fn small_cfg() -> SimConfig {
+pub(super) fn small_cfg() -> SimConfig {
     SimConfig {
         anchor: Some(anchor()),
         users: 6,
@@ -28,6 +28,8 @@ fn small_cfg() -> SimConfig {
             interactions_rps: 0.0,
             messages_rps: 0.0,
             other_rps: 0.0,
+            per_team_rps: 0.0,
+            per_chat_rps: 0.0,
         },
         ..SimConfig::default()
     }
@@ -37,14 +39,14 @@ fn local() -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
 }
 
-struct Harness {
-    sim: SimHandle,
-    http: Client,
-    token: String,
+pub(super) struct Harness {
+    pub(super) sim: SimHandle,
+    pub(super) http: Client,
+    pub(super) token: String,
 }
 
 impl Harness {
-    async fn start(cfg: SimConfig) -> Harness {
+    pub(super) async fn start(cfg: SimConfig) -> Harness {
         let secret = cfg.client_secret.clone();
         let (tenant, client) = (cfg.tenant_id.clone(), cfg.client_id.clone());
         let sim = spawn(cfg, local()).await.expect("simulator starts");
@@ -61,7 +63,7 @@ impl Harness {
         Harness { sim, http, token }
     }
 
-    async fn get(&self, url: &str) -> (StatusCode, reqwest::header::HeaderMap, String) {
+    pub(super) async fn get(&self, url: &str) -> (StatusCode, reqwest::header::HeaderMap, String) {
         let resp = self
             .http
             .get(url)
@@ -82,7 +84,7 @@ impl Harness {
     }
 
     /// Follows nextLinks; returns each record's exact bytes, sliced from the page text.
-    async fn fetch_all(&self, first_url: &str) -> Vec<String> {
+    pub(super) async fn fetch_all(&self, first_url: &str) -> Vec<String> {
         let mut url = Some(first_url.to_owned());
         let mut out = Vec::new();
         while let Some(u) = url.take() {
@@ -98,7 +100,7 @@ impl Harness {
         out
     }
 
-    async fn control(
+    pub(super) async fn control(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -171,7 +173,7 @@ fn id_of(record: &str) -> String {
     v["id"].as_str().expect("id").to_owned()
 }
 
-fn sha256_hex(s: &str) -> String {
+pub(super) fn sha256_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
 
@@ -680,6 +682,7 @@ async fn throttling_answers_429_with_fractional_retry_after() {
             interactions_rps: 5.0,
             messages_rps: 5.0,
             other_rps: 100.0,
+            ..SimRateLimits::default()
         },
         ..small_cfg()
     };

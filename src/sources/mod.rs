@@ -2,7 +2,11 @@
 //! window, how to read a record's identity out of its JSON); it knows nothing of storage.
 //! The generic window runner in `ingest` pages through the URLs a source builds.
 
+pub mod channels;
+pub mod chats;
 pub mod copilot;
+pub mod meetings;
+pub mod settings;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
@@ -44,6 +48,11 @@ impl SourceKind {
 
     pub fn parse(s: &str) -> Option<SourceKind> {
         SourceKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Teams export APIs (everything but Copilot): they share the `[teams]` settings.
+    pub fn is_teams(self) -> bool {
+        !matches!(self, SourceKind::Copilot)
     }
 
     /// What kind of scope this source is exported per.
@@ -137,6 +146,18 @@ pub enum SourceError {
     NotAnObject(String),
 }
 
+/// Content that belongs to a record (a meeting's transcript or recording) and must be archived
+/// before the record's window completes. `content` downloads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContentRef {
+    /// Where Graph serves it; always on the configured Graph origin.
+    pub url: Url,
+    /// File name extension of the stored object (`vtt`, `mp4`).
+    pub extension: &'static str,
+    /// Limit for the whole transfer (recordings run to hundreds of MB).
+    pub timeout: std::time::Duration,
+}
+
 /// A Graph export API. Pure knowledge of Graph: URLs and record identities.
 pub trait Source: Send + Sync {
     fn kind(&self) -> SourceKind;
@@ -150,4 +171,76 @@ pub trait Source: Send + Sync {
     }
     /// Reads the identity of one record from its exact JSON bytes.
     fn record_meta(&self, scope: &Scope, raw: &RawValue) -> Result<RecordMeta, SourceError>;
+    /// The URL of the page after this one, from Graph's `@odata.nextLink`. Sources add back
+    /// query parameters every request must carry should a nextLink drop them (the Teams
+    /// `model`).
+    fn next_page_url(&self, next: Url) -> Url {
+        next
+    }
+    /// Content to archive with a record, if the source has any (meeting artifacts).
+    fn content(
+        &self,
+        _base: &Url,
+        _scope: &Scope,
+        _raw: &RawValue,
+    ) -> Result<Option<ContentRef>, SourceError> {
+        Ok(None)
+    }
+    /// Whether `content` can return anything, so callers skip the work for other sources.
+    fn has_content(&self) -> bool {
+        false
+    }
+}
+
+/// Helpers the Teams sources share for reading JSON and building URLs.
+pub(crate) mod util {
+    use super::SourceError;
+    use chrono::{DateTime, Utc};
+    use std::borrow::Cow;
+    use url::Url;
+
+    /// A required string field, non-empty.
+    pub(crate) fn required(
+        v: Option<Cow<'_, str>>,
+        field: &'static str,
+    ) -> Result<String, SourceError> {
+        match v {
+            Some(s) if !s.trim().is_empty() => Ok(s.into_owned()),
+            Some(_) => Err(SourceError::MissingField {
+                field,
+                problem: "empty",
+            }),
+            None => Err(SourceError::MissingField {
+                field,
+                problem: "absent",
+            }),
+        }
+    }
+
+    /// An optional string field; empty counts as absent.
+    pub(crate) fn optional(v: Option<Cow<'_, str>>) -> Option<String> {
+        v.filter(|s| !s.trim().is_empty()).map(Cow::into_owned)
+    }
+
+    pub(crate) fn time(v: Option<&str>) -> Option<DateTime<Utc>> {
+        v.and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|d| d.with_timezone(&Utc))
+    }
+
+    /// `base` with `segments` appended, each encoded as one path segment.
+    pub(crate) fn join(base: &Url, segments: &[&str]) -> Url {
+        let mut url = base.clone();
+        if let Ok(mut segs) = url.path_segments_mut() {
+            segs.pop_if_empty().extend(segments);
+        }
+        url
+    }
+
+    /// Adds `name=value` to a URL's query unless the parameter is already there.
+    pub(crate) fn ensure_param(mut url: Url, name: &str, value: &str) -> Url {
+        if !url.query_pairs().any(|(k, _)| k == name) {
+            url.query_pairs_mut().append_pair(name, value);
+        }
+        url
+    }
 }

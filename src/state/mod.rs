@@ -11,8 +11,11 @@
 mod audit;
 mod catalogue;
 mod checkpoints;
+mod content;
 mod error;
+mod holds;
 mod leases;
+mod retention;
 mod scopes;
 mod status;
 #[doc(hidden)]
@@ -31,7 +34,10 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Any, AnyConnection, AnyPool, Connection, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+pub use content::CatalogueVersion;
 pub use error::{redact_url, StateError};
+pub use holds::{HoldKind, HoldRow};
+pub use retention::{DisposalCandidate, RetentionRow};
 pub use types::{
     AuditEntry, AuditRow, CatalogueEntry, Checkpoint, ManifestRow, ScopeRecord, ScopeRow,
     ScopeSync, StatusRow, WindowCommit,

@@ -1,5 +1,5 @@
 use crate::helpers::*;
-use m365_archiver::archive::{sha256_hex, ArchiveStore};
+use m365_archiver::archive::sha256_hex;
 use m365_archiver::groundtruth::{storage_key, TruthRecord};
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
@@ -7,7 +7,8 @@ use std::collections::HashMap;
 /// The archiver is SIGKILLed at random moments (fixed seed, so a failure reproduces) and
 /// restarted. After every kill no checkpoint may be ahead of the archive; at the end the archive
 /// equals the ground truth.
-async fn sigkill_at_random_points(db: Db) {
+/// Also run on Azure (Azurite) by `azure::sigkill_at_random_points_azurite`.
+pub(crate) async fn sigkill_at_random_points(db: Db, store: StoreKind) {
     let mut sim = sim_config(80, 40);
     sim.faults.slow_rate = 0.2;
     sim.faults.slow_ms = 40;
@@ -16,6 +17,7 @@ async fn sigkill_at_random_points(db: Db) {
         max_window: "3d",
         rps: 40.0,
         concurrency: 6,
+        store,
         ..Opts::default()
     };
     let env = Env::new(db, sim, &opts).await;
@@ -54,7 +56,7 @@ async fn sigkill_at_random_points(db: Db) {
 /// Every record created before a user's watermark must be in the store, byte-exact.
 async fn assert_no_checkpoint_ahead(env: &Env, truth: &[TruthRecord]) {
     let state = env.state().await;
-    let store = env.store();
+    let store = env.archive();
     let mut by_user: HashMap<&str, Vec<&TruthRecord>> = HashMap::new();
     for r in truth {
         by_user.entry(r.scope.as_str()).or_default().push(r);
@@ -82,10 +84,10 @@ async fn assert_no_checkpoint_ahead(env: &Env, truth: &[TruthRecord]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_points_sqlite() {
-    sigkill_at_random_points(Db::Sqlite).await;
+    sigkill_at_random_points(Db::Sqlite, StoreKind::Fs).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_points_postgres() {
-    sigkill_at_random_points(Db::Postgres).await;
+    sigkill_at_random_points(Db::Postgres, StoreKind::Fs).await;
 }

@@ -4,7 +4,8 @@ use m365_archiver::sim::FaultConfig;
 /// 200 licensed users x 50 interactions (some sharing ids across users) through 5% 5xx, 429
 /// storms, malformed and truncated pages, connection resets and expiring tokens: after passes
 /// until success the archive equals the ground truth exactly, and a further pass adds nothing.
-async fn archive_equals_ground_truth_through_faults(db: Db) {
+/// Also run on Azure (Azurite) by `azure::ground_truth_through_faults_azurite`.
+pub(crate) async fn archive_equals_ground_truth_through_faults(db: Db, store: StoreKind) {
     let mut sim = sim_config(200, 50);
     sim.token_ttl_secs = 20;
     sim.faults = FaultConfig {
@@ -17,7 +18,15 @@ async fn archive_equals_ground_truth_through_faults(db: Db) {
         expired_token_rate: 0.01,
         ..FaultConfig::default()
     };
-    let env = Env::new(db, sim, &Opts::default()).await;
+    let env = Env::new(
+        db,
+        sim,
+        &Opts {
+            store,
+            ..Opts::default()
+        },
+    )
+    .await;
     let passes = env.run_until_ok(8).await;
     eprintln!("archive complete after {passes} pass(es)");
 
@@ -37,7 +46,7 @@ async fn archive_equals_ground_truth_through_faults(db: Db) {
 
     // Idempotence: another pass (now without faults) archives nothing new.
     env.sim_put("/_sim/faults", serde_json::json!({})).await;
-    let before = env.record_files();
+    let before = env.record_keys().await;
     let state = env.state().await;
     let catalogued = state.catalogue_count(Some("copilot")).await.expect("count");
     let out = env.run_once().await;
@@ -47,7 +56,7 @@ async fn archive_equals_ground_truth_through_faults(db: Db) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
-        env.record_files(),
+        env.record_keys().await,
         before,
         "a re-run must not write records"
     );
@@ -71,12 +80,12 @@ fn shared_id_count(truth: &[m365_archiver::groundtruth::TruthRecord]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ground_truth_through_faults_sqlite() {
-    archive_equals_ground_truth_through_faults(Db::Sqlite).await;
+    archive_equals_ground_truth_through_faults(Db::Sqlite, StoreKind::Fs).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ground_truth_through_faults_postgres() {
-    archive_equals_ground_truth_through_faults(Db::Postgres).await;
+    archive_equals_ground_truth_through_faults(Db::Postgres, StoreKind::Fs).await;
 }
 
 /// Two archivers on one PostgreSQL at once: leases keep them off each other's users, and the

@@ -2,6 +2,7 @@
 //! file or a new PostgreSQL database), a temporary archive folder, and the real binary run as a
 //! child process against them.
 
+pub use crate::azure_env::{AzureTarget, StoreKind};
 use m365_archiver::archive::fs::FsStore;
 use m365_archiver::groundtruth::{self, Comparison, TruthRecord};
 use m365_archiver::sim::{self, SimConfig, SimHandle};
@@ -35,6 +36,11 @@ pub struct Opts {
     pub start: String,
     /// Extra lines for the [graph] table (credentials).
     pub graph_credential: String,
+    /// Where the archive lives: a local folder (default), Azurite, or the WORM test double.
+    /// `M365_TEST_STORE=azurite` switches the default, to run whole suites on Azure.
+    pub store: StoreKind,
+    /// Extra TOML appended to the configuration (e.g. `[retention]` rules).
+    pub extra: String,
 }
 
 impl Default for Opts {
@@ -52,6 +58,8 @@ impl Default for Opts {
             lease_ttl: "5s",
             start: (chrono::Utc::now() - chrono::Duration::days(45)).to_rfc3339(),
             graph_credential: format!("client_secret = \"{SECRET}\""),
+            store: StoreKind::from_env(),
+            extra: String::new(),
         }
     }
 }
@@ -61,6 +69,8 @@ pub struct Env {
     pub dir: TempDir,
     pub state_url: String,
     pub config: PathBuf,
+    /// Set when the archive is an Azure container (Azurite or the test double).
+    pub azure: Option<AzureTarget>,
 }
 
 /// A simulator config with the tests' usual shape and generous rate limits (throttling has its
@@ -99,11 +109,13 @@ impl Env {
         let dir = tempfile::tempdir().expect("tempdir");
         let state_url = state_url(db, dir.path()).await;
         let config = dir.path().join("config.toml");
+        let azure = AzureTarget::for_store(&opts.store).await;
         let env = Env {
             sim,
             dir,
             state_url,
             config,
+            azure,
         };
         env.write_config(opts);
         env
@@ -135,9 +147,7 @@ interactions_rps = {rps}
 other_rps = {rps}
 [state]
 url = "{state}"
-[store]
-kind = "fs"
-path = "{archive}"
+{store}
 [export]
 sources = ["copilot"]
 start = "{start}"
@@ -151,6 +161,7 @@ concurrency = {conc}
 lease_ttl = "{lease}"
 [log]
 level = "info"
+{extra}
 "#,
             cred = o.graph_credential,
             base = self.sim.base_url(),
@@ -158,7 +169,8 @@ level = "info"
             attempts = o.max_attempts,
             rps = o.rps,
             state = self.state_url,
-            archive = self.archive_path().display(),
+            store = self.store_toml(),
+            extra = self.extra_toml(o),
             start = o.start,
             page = o.page_size,
             overlap = o.overlap,
@@ -212,9 +224,14 @@ level = "info"
 
     pub async fn compare(&self) -> Comparison {
         let truth = self.truth().await;
-        groundtruth::compare(&truth, &self.store(), "copilot", chrono::Utc::now())
-            .await
-            .expect("compare")
+        groundtruth::compare(
+            &truth,
+            self.archive().as_ref(),
+            "copilot",
+            chrono::Utc::now(),
+        )
+        .await
+        .expect("compare")
     }
 
     pub async fn state(&self) -> StateDb {

@@ -3,7 +3,15 @@
 
 mod helpers;
 
+mod azure;
+mod azure_env;
+mod blob_double;
+mod compliance;
+mod worm;
+
 mod boundaries;
 mod crash;
 mod end_to_end;
 mod errors;
+mod service;
+mod teams;

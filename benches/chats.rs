@@ -1,0 +1,363 @@
+//! Teams benchmarks against the simulator at Microsoft's documented limits.
+//!
+//!   cargo bench --bench chats -- [--users N] [--chats N] [--per-chat N] [--runs N]
+//!                                [--rps R] [--recording-mib N] [--skip-chats] [--skip-recording]
+//!
+//! 1. Chat messages: a fresh simulated tenant (every user in several 1:1, group and meeting
+//!    chats, so each message is exported once per member), `m365-archiver run --once` with the
+//!    chats source as a child process. Reports getAllMessages requests/s against the 200 rps
+//!    budget, 429s, requests per archived message version, records/s, CPU and peak RSS, and
+//!    checks the archive against the ground truth.
+//! 2. Recording streaming: one meeting with a recording of `--recording-mib` MiB (1 GiB by
+//!    default), archived by a child process; reports its peak RSS (wait4's ru_maxrss) and the
+//!    transfer rate, and checks the stored object's sha256 by streaming it back from disk.
+//!
+//! See docs/benchmarks.md.
+
+use m365_archiver::archive::fs::FsStore;
+use m365_archiver::groundtruth;
+use m365_archiver::sim::{self, SimConfig, TeamsSimConfig};
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+const E5_SKU: &str = "06ebc4ee-1bb5-47dd-8120-11324bc54e06";
+
+struct Args {
+    users: u32,
+    chats: u32,
+    per_chat: u32,
+    runs: usize,
+    rps: f64,
+    recording_mib: u64,
+    chats_bench: bool,
+    recording_bench: bool,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        users: 1000,
+        chats: 3000,
+        per_chat: 20,
+        runs: 1,
+        rps: 200.0,
+        recording_mib: 1024,
+        chats_bench: true,
+        recording_bench: true,
+    };
+    let argv: Vec<String> = std::env::args().collect();
+    let mut i = 1;
+    while i < argv.len() {
+        let next = argv.get(i + 1).cloned().unwrap_or_default();
+        let mut step = 2;
+        match argv[i].as_str() {
+            "--users" => a.users = next.parse().unwrap_or(a.users),
+            "--chats" => a.chats = next.parse().unwrap_or(a.chats),
+            "--per-chat" => a.per_chat = next.parse().unwrap_or(a.per_chat),
+            "--runs" => a.runs = next.parse().unwrap_or(a.runs),
+            "--rps" => a.rps = next.parse().unwrap_or(a.rps),
+            "--recording-mib" => a.recording_mib = next.parse().unwrap_or(a.recording_mib),
+            "--skip-chats" => (a.chats_bench, step) = (false, 1),
+            "--skip-recording" => (a.recording_bench, step) = (false, 1),
+            _ => step = 1,
+        }
+        i += step;
+    }
+    a
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct ChatFigures {
+    versions: f64,
+    wall_s: f64,
+    versions_per_s: f64,
+    requests: f64,
+    requests_per_s: f64,
+    budget_fraction: f64,
+    throttled_pct: f64,
+    requests_per_version: f64,
+    cpu_s_per_10k: f64,
+    peak_rss_mib: f64,
+}
+
+fn main() {
+    let args = parse_args();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    if args.chats_bench {
+        let mut all = Vec::new();
+        for run in 1..=args.runs {
+            let f = rt.block_on(chat_run(&args));
+            println!(
+                "chats run {run}: {:.0} message versions in {:.1} s = {:.0}/s; {:.0} getAllMessages requests at {:.1} rps = {:.1}% of the {} rps budget; 429s {:.2}%; {:.4} requests per archived version; {:.3} CPU s per 10k versions; peak RSS {:.1} MiB",
+                f.versions, f.wall_s, f.versions_per_s, f.requests, f.requests_per_s,
+                f.budget_fraction * 100.0, args.rps, f.throttled_pct, f.requests_per_version,
+                f.cpu_s_per_10k, f.peak_rss_mib
+            );
+            all.push(f);
+        }
+        let med = |g: fn(&ChatFigures) -> f64| median(all.iter().map(g).collect());
+        println!(
+            "chats median of {} run(s), {} users, {} chats x {} messages: budget used {:.1}% | 429s {:.2}% | requests per archived version {:.4} | versions/s {:.0} | CPU s/10k {:.3} | peak RSS {:.1} MiB",
+            all.len(), args.users, args.chats, args.per_chat,
+            med(|f| f.budget_fraction) * 100.0, med(|f| f.throttled_pct), med(|f| f.requests_per_version),
+            med(|f| f.versions_per_s), med(|f| f.cpu_s_per_10k), med(|f| f.peak_rss_mib)
+        );
+    }
+    if args.recording_bench {
+        let (rss, wall, size) = rt.block_on(recording_run(args.recording_mib));
+        println!(
+            "recording: {} MiB archived in {:.1} s ({:.0} MiB/s end to end, listing and hashing included); archiver peak RSS {:.1} MiB",
+            size >> 20,
+            wall.as_secs_f64(),
+            (size >> 20) as f64 / wall.as_secs_f64(),
+            rss
+        );
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+async fn chat_run(args: &Args) -> ChatFigures {
+    let mut cfg = SimConfig {
+        users: args.users,
+        unlicensed_users: 0,
+        interactions_per_user: 0,
+        history_days: 30,
+        teams: TeamsSimConfig {
+            chats: args.chats,
+            messages_per_chat: args.per_chat,
+            ..TeamsSimConfig::default()
+        },
+        ..SimConfig::default()
+    };
+    cfg.rate_limits.messages_rps = 200.0;
+    cfg.rate_limits.other_rps = 1000.0;
+    let sim = sim::spawn(cfg, ([127, 0, 0, 1], 0).into())
+        .await
+        .expect("simulator");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("bench.toml");
+    let extra = format!(
+        "[graph.rate_limits]\nmessages_rps = {}\nother_rps = 100\n",
+        args.rps
+    );
+    std::fs::write(
+        &config,
+        config_text(&sim.authority(), dir.path(), "chats", &extra),
+    )
+    .expect("config");
+
+    let started = Instant::now();
+    let (status, usage) = run_child(&config);
+    let wall = started.elapsed();
+    assert!(status == 0, "archiver exited {status}");
+
+    let stats: serde_json::Value = reqwest::get(format!("{}/_sim/stats", sim.authority()))
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("stats json");
+    let truth = groundtruth::fetch(&sim.authority(), "chats")
+        .await
+        .expect("truth");
+    let store = FsStore::new(dir.path().join("archive"));
+    let cmp = groundtruth::compare(&truth, &store, "chats", chrono::Utc::now())
+        .await
+        .expect("compare");
+    assert!(cmp.is_exact(), "{}", cmp.summary());
+    sim.shutdown().await;
+    chat_figures(&stats, cmp.matched as f64, wall, usage, args.rps)
+}
+
+async fn recording_run(mib: u64) -> (f64, Duration, u64) {
+    let mut cfg = SimConfig {
+        users: 2,
+        unlicensed_users: 0,
+        interactions_per_user: 0,
+        teams: TeamsSimConfig {
+            meetings: 1,
+            recording_bytes: mib << 20,
+            ..TeamsSimConfig::default()
+        },
+        ..SimConfig::default()
+    };
+    cfg.rate_limits.other_rps = 1000.0;
+    let sim = sim::spawn(cfg, ([127, 0, 0, 1], 0).into())
+        .await
+        .expect("simulator");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("bench.toml");
+    std::fs::write(
+        &config,
+        config_text(&sim.authority(), dir.path(), "recordings", ""),
+    )
+    .expect("config");
+    let started = Instant::now();
+    let (status, usage) = run_child(&config);
+    let wall = started.elapsed();
+    assert!(status == 0, "archiver exited {status}");
+    let truth = groundtruth::fetch(&sim.authority(), "recordings")
+        .await
+        .expect("truth");
+    let mut size = 0;
+    for r in &truth {
+        let (key, c) = (
+            r.content_key().expect("content key"),
+            r.content.as_ref().expect("content"),
+        );
+        let path = dir.path().join("archive").join(&key);
+        assert_eq!(stream_sha256(&path), c.sha256, "{key}");
+        size += c.size;
+    }
+    sim.shutdown().await;
+    (usage.max_rss_kib as f64 / 1024.0, wall, size)
+}
+
+/// sha256 of a file read in 1 MiB pieces.
+fn stream_sha256(path: &std::path::Path) -> String {
+    let mut f = std::fs::File::open(path).expect("stored content");
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    hex::encode(hasher.finalize())
+}
+
+fn config_text(authority: &str, dir: &std::path::Path, source: &str, extra: &str) -> String {
+    let start = (chrono::Utc::now() - chrono::Duration::days(32)).to_rfc3339();
+    format!(
+        r#"[graph]
+tenant_id = "00000000-0000-4000-8000-000000000001"
+client_id = "11111111-1111-4111-8111-111111111111"
+client_secret = "sim-secret-do-not-use"
+base_url = "{authority}/v1.0"
+authority = "{authority}"
+{extra}
+[state]
+url = "sqlite://{dir}/state.db"
+[store]
+kind = "fs"
+path = "{dir}/archive"
+[export]
+sources = ["{source}"]
+start = "{start}"
+max_window = "60d"
+settle_lag = "1s"
+page_size = 50
+concurrency = 32
+[discovery]
+mode = "sku"
+sku_ids = ["{E5_SKU}"]
+[teams]
+content_timeout = "30m"
+[log]
+level = "warn"
+"#,
+        dir = dir.display()
+    )
+}
+
+struct Usage {
+    cpu: Duration,
+    max_rss_kib: i64,
+}
+
+/// Runs the archiver and reaps it with wait4 for its CPU time. Peak RSS is the process's own
+/// high-water mark (VmHWM), sampled while it runs: ru_maxrss would also count the parent's
+/// pages (the simulator's) that a spawned child shares until exec.
+#[allow(clippy::zombie_processes)] // reaped by wait4 below, which std's Child does not see
+fn run_child(config: &std::path::Path) -> (i32, Usage) {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_m365-archiver"))
+        .arg("--config")
+        .arg(config)
+        .args(["run", "--once"])
+        .spawn()
+        .expect("spawn archiver");
+    let pid = child.id() as libc::pid_t;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                peak = peak.max(vm_hwm_kib(pid).unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        })
+    };
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain old data; wait4 fills it for our own child.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(rc == pid, "wait4 failed");
+    let max_rss_kib = sampler.join().unwrap_or(0);
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    let cpu = tv(ru.ru_utime) + tv(ru.ru_stime);
+    (code, Usage { cpu, max_rss_kib })
+}
+
+/// The peak resident set of a live process, from /proc (kept until the process is reaped).
+fn vm_hwm_kib(pid: libc::pid_t) -> Option<i64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn chat_figures(
+    stats: &serde_json::Value,
+    versions: f64,
+    wall: Duration,
+    usage: Usage,
+    budget: f64,
+) -> ChatFigures {
+    let by_status = &stats["requests"]["messages"];
+    let requests: f64 = by_status
+        .as_object()
+        .map(|m| m.values().filter_map(|v| v.as_f64()).sum())
+        .unwrap_or(0.0);
+    let throttled = by_status["429"].as_f64().unwrap_or(0.0);
+    let span = &stats["class_span"]["messages"];
+    let t = |k: &str| {
+        span[k]
+            .as_str()
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+            .map(|d| d.timestamp_millis() as f64 / 1000.0)
+            .unwrap_or(0.0)
+    };
+    let span_s = (t("last") - t("first")).max(1e-9);
+    let wall_s = wall.as_secs_f64();
+    ChatFigures {
+        versions,
+        wall_s,
+        versions_per_s: versions / wall_s,
+        requests,
+        requests_per_s: requests / span_s,
+        budget_fraction: requests / span_s / budget,
+        throttled_pct: if requests > 0.0 {
+            throttled / requests * 100.0
+        } else {
+            0.0
+        },
+        requests_per_version: requests / versions.max(1.0),
+        cpu_s_per_10k: usage.cpu.as_secs_f64() / versions.max(1.0) * 10_000.0,
+        peak_rss_mib: usage.max_rss_kib as f64 / 1024.0,
+    }
+}

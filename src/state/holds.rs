@@ -1,0 +1,310 @@
+//! Legal holds (migration 0002): the holds themselves, and which objects each has been set on in
+//! the store. Every change to a hold is written together with its audit entry.
+
+use chrono::{DateTime, Utc};
+use sqlx::any::AnyRow;
+
+use super::retention::{audit_in, custodian_held_sql};
+use super::types::{to_ms, RowReader};
+use super::{placeholders, AuditEntry, StateDb, StateError};
+
+/// What a hold is placed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HoldKind {
+    User,
+    Chat,
+    Team,
+}
+
+impl HoldKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldKind::User => "user",
+            HoldKind::Chat => "chat",
+            HoldKind::Team => "team",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<HoldKind> {
+        match s {
+            "user" => Some(HoldKind::User),
+            "chat" => Some(HoldKind::Chat),
+            "team" => Some(HoldKind::Team),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HoldRow {
+    pub id: i64,
+    pub kind: HoldKind,
+    /// Lowercased id (or UPN) of the custodian.
+    pub target: String,
+    pub reason: String,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub released_at: Option<DateTime<Utc>>,
+    pub released_by: Option<String>,
+    pub release_reason: Option<String>,
+}
+
+const HOLD_COLUMNS: &str =
+    "id, kind, target, reason, created_by, created_at, released_at, released_by, release_reason";
+
+impl StateDb {
+    /// Places a hold and audits it, in one transaction.
+    pub async fn hold_insert(
+        &self,
+        kind: HoldKind,
+        target: &str,
+        reason: &str,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<HoldRow, StateError> {
+        const OP: &str = "hold_insert";
+        let target = target.to_ascii_lowercase();
+        let mut tx = self.begin_write(OP).await?;
+        let sql = format!(
+            "INSERT INTO legal_holds (kind, target, reason, created_by, created_at) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING {HOLD_COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(kind.as_str())
+            .bind(target.as_str())
+            .bind(reason)
+            .bind(actor)
+            .bind(to_ms(now))
+            .fetch_one(tx.conn())
+            .await
+            .map_err(StateError::op(OP))?;
+        let hold = hold_row(&row, OP)?;
+        let audit = AuditEntry {
+            actor: actor.to_string(),
+            action: "legal_hold_added".into(),
+            subject: format!("{}:{}", kind.as_str(), target),
+            detail: serde_json::json!({ "hold_id": hold.id, "reason": reason }),
+        };
+        audit_in(tx.conn(), &audit, now, OP).await?;
+        tx.commit(OP).await?;
+        Ok(hold)
+    }
+
+    /// Releases an active hold and audits it, in one transaction. None if no active hold has
+    /// that id.
+    pub async fn hold_release(
+        &self,
+        id: i64,
+        actor: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<HoldRow>, StateError> {
+        const OP: &str = "hold_release";
+        let mut tx = self.begin_write(OP).await?;
+        let done = sqlx::query(
+            "UPDATE legal_holds SET released_at = $1, released_by = $2, release_reason = $3 \
+             WHERE id = $4 AND released_at IS NULL",
+        )
+        .bind(to_ms(now))
+        .bind(actor)
+        .bind(reason)
+        .bind(id)
+        .execute(tx.conn())
+        .await
+        .map_err(StateError::op(OP))?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let sql = format!("SELECT {HOLD_COLUMNS} FROM legal_holds WHERE id = $1");
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_one(tx.conn())
+            .await
+            .map_err(StateError::op(OP))?;
+        let hold = hold_row(&row, OP)?;
+        let audit = AuditEntry {
+            actor: actor.to_string(),
+            action: "legal_hold_released".into(),
+            subject: format!("{}:{}", hold.kind.as_str(), hold.target),
+            detail: serde_json::json!({ "hold_id": id, "reason": reason }),
+        };
+        audit_in(tx.conn(), &audit, now, OP).await?;
+        tx.commit(OP).await?;
+        Ok(Some(hold))
+    }
+
+    /// Holds, newest first; only active ones unless `all`.
+    pub async fn holds(&self, all: bool) -> Result<Vec<HoldRow>, StateError> {
+        const OP: &str = "holds";
+        let filter = if all { "" } else { "WHERE released_at IS NULL" };
+        let sql = format!("SELECT {HOLD_COLUMNS} FROM legal_holds {filter} ORDER BY id DESC");
+        let rows = sqlx::query(&sql)
+            .fetch_all(self.pool())
+            .await
+            .map_err(StateError::op(OP))?;
+        rows.iter().map(|r| hold_row(r, OP)).collect()
+    }
+
+    /// Objects the hold covers through their custodians and that it has not been set on yet,
+    /// after `after` in key order.
+    pub async fn hold_pending_keys(
+        &self,
+        hold: &HoldRow,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<String>, StateError> {
+        const OP: &str = "hold_pending_keys";
+        let kinds = match hold.kind {
+            HoldKind::User => "c.kind IN ('user', 'upn')",
+            HoldKind::Chat => "c.kind = 'chat'",
+            HoldKind::Team => "c.kind = 'team'",
+        };
+        let sql = format!(
+            "SELECT DISTINCT c.storage_key FROM record_custodians c \
+             WHERE {kinds} AND c.id = $1 AND c.storage_key > $2 \
+               AND NOT EXISTS (SELECT 1 FROM record_holds rh WHERE rh.hold_id = $3 \
+                               AND rh.storage_key = c.storage_key) \
+             ORDER BY c.storage_key LIMIT $4"
+        );
+        let rows: Vec<(String,)> = sqlx::query_as(&sql)
+            .bind(hold.target.as_str())
+            .bind(after)
+            .bind(hold.id)
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await
+            .map_err(StateError::op(OP))?;
+        Ok(rows.into_iter().map(|(k,)| k).collect())
+    }
+
+    /// Counts the objects a hold covers through their custodians.
+    pub async fn hold_scope_count(&self, hold: &HoldRow) -> Result<i64, StateError> {
+        let kinds = match hold.kind {
+            HoldKind::User => "kind IN ('user', 'upn')",
+            HoldKind::Chat => "kind = 'chat'",
+            HoldKind::Team => "kind = 'team'",
+        };
+        let sql = format!(
+            "SELECT COUNT(DISTINCT storage_key) FROM record_custodians WHERE {kinds} AND id = $1"
+        );
+        let (n,): (i64,) = sqlx::query_as(&sql)
+            .bind(hold.target.as_str())
+            .fetch_one(self.pool())
+            .await
+            .map_err(StateError::op("hold_scope_count"))?;
+        Ok(n)
+    }
+
+    /// Records that the store now holds these objects for `hold_id`.
+    pub async fn record_holds_insert(
+        &self,
+        hold_id: i64,
+        keys: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<(), StateError> {
+        const OP: &str = "record_holds_insert";
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write(OP).await?;
+        for chunk in keys.chunks(200) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("({})", placeholders(1 + 3 * i, 3)))
+                .collect();
+            let sql = format!(
+                "INSERT INTO record_holds (hold_id, storage_key, applied_at) VALUES {} \
+                 ON CONFLICT (hold_id, storage_key) DO NOTHING",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for k in chunk {
+                q = q.bind(hold_id).bind(k.as_str()).bind(to_ms(now));
+            }
+            q.execute(tx.conn()).await.map_err(StateError::op(OP))?;
+        }
+        tx.commit(OP).await
+    }
+
+    /// Objects a (released) hold was set on and that have not been let go yet.
+    pub async fn record_holds_open(
+        &self,
+        hold_id: i64,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<String>, StateError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT storage_key FROM record_holds WHERE hold_id = $1 AND released_at IS NULL \
+             AND storage_key > $2 ORDER BY storage_key LIMIT $3",
+        )
+        .bind(hold_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await
+        .map_err(StateError::op("record_holds_open"))?;
+        Ok(rows.into_iter().map(|(k,)| k).collect())
+    }
+
+    /// Marks one object as no longer held by `hold_id`.
+    pub async fn record_hold_release(
+        &self,
+        hold_id: i64,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StateError> {
+        let _slot = self.writer_slot().await;
+        sqlx::query(
+            "UPDATE record_holds SET released_at = $1 WHERE hold_id = $2 AND storage_key = $3 \
+             AND released_at IS NULL",
+        )
+        .bind(to_ms(now))
+        .bind(hold_id)
+        .bind(key)
+        .execute(self.pool())
+        .await
+        .map(|_| ())
+        .map_err(StateError::op("record_hold_release"))
+    }
+
+    /// Whether another active hold than `hold_id` still covers the object.
+    pub async fn held_by_other(&self, key: &str, hold_id: i64) -> Result<bool, StateError> {
+        // The released hold no longer counts in held_sql (released_at is set); its own
+        // record_holds row, still open until this check passes, must not count either.
+        let sql = format!(
+            "SELECT COUNT(*) FROM (SELECT CAST($1 AS TEXT) AS storage_key) k WHERE \
+             EXISTS (SELECT 1 FROM record_holds rh WHERE rh.storage_key = k.storage_key \
+                     AND rh.released_at IS NULL AND rh.hold_id <> $2 \
+                     AND EXISTS (SELECT 1 FROM legal_holds h WHERE h.id = rh.hold_id AND h.released_at IS NULL)) \
+             OR ({})",
+            custodian_held_sql("k")
+        );
+        let (n,): (i64,) = sqlx::query_as(&sql)
+            .bind(key)
+            .bind(hold_id)
+            .fetch_one(self.pool())
+            .await
+            .map_err(StateError::op("held_by_other"))?;
+        Ok(n > 0)
+    }
+}
+
+fn hold_row(row: &AnyRow, op: &'static str) -> Result<HoldRow, StateError> {
+    let r = RowReader::new(row, op);
+    let kind = r.string("kind")?;
+    Ok(HoldRow {
+        id: r.int("id")?,
+        kind: HoldKind::parse(&kind).ok_or(StateError::Corrupt {
+            op,
+            column: "kind",
+            value: kind,
+        })?,
+        target: r.string("target")?,
+        reason: r.string("reason")?,
+        created_by: r.string("created_by")?,
+        created_at: r.time("created_at")?,
+        released_at: r.opt_time("released_at")?,
+        released_by: r.opt_string("released_by")?,
+        release_reason: r.opt_string("release_reason")?,
+    })
+}
