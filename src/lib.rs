@@ -13,6 +13,7 @@ pub mod graph;
 pub mod groundtruth;
 pub mod ingest;
 pub mod manifest;
+pub mod notifications;
 pub mod ops;
 pub mod retention;
 pub mod scheduler;

@@ -6,8 +6,8 @@
 //! fsync'd. A crash leaves at worst a stray temp file, never a partial object under its key.
 
 use super::{
-    keys, sha256_hex, ArchiveStore, DeleteOutcome, ImmutabilityMode, ObjectProperties, PutOptions,
-    PutOutcome, StoreError,
+    keys, ArchiveStore, DeleteOutcome, ImmutabilityMode, ObjectProperties, PutOptions, PutOutcome,
+    StoreError,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -253,40 +253,31 @@ fn put_blocking(
     key: &str,
     bytes: &[u8],
 ) -> Result<PutOutcome, StoreError> {
-    if let Some(existing) = read_existing(path, key)? {
-        return Ok(existing);
-    }
-    let parent = path.parent().ok_or_else(|| StoreError::InvalidKey {
-        key: key.to_string(),
-        reason: "no parent directory",
-    })?;
-    create_dirs_durably(root, parent).map_err(FsStore::io("create directory for", key))?;
-    let tmp = write_temp(root, bytes).map_err(FsStore::io("write", key))?;
-    let linked = fs::hard_link(&tmp, path);
-    let _ = fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => {
-            fsync_dir(parent).map_err(FsStore::io("fsync directory of", key))?;
-            Ok(PutOutcome::Created)
-        }
-        // Lost a race with another writer of the same key: report what is there.
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-            read_existing(path, key)?.ok_or_else(|| FsStore::io("publish", key)(e))
-        }
-        Err(e) => Err(FsStore::io("publish", key)(e)),
-    }
+    publish(root, path, key, |root| write_temp(root, bytes))
 }
 
-/// Publishes a complete staged file: fsync'd, read-only, then linked under its key. A file
-/// outside the store's filesystem is copied into `tmp/` first.
+/// Publishes a complete staged file; the file is consumed whatever the outcome. A file outside
+/// the store's filesystem is copied into `tmp/` first.
 fn put_file_blocking(
     root: &Path,
     path: &Path,
     key: &str,
     file: &Path,
 ) -> Result<PutOutcome, StoreError> {
+    let outcome = publish(root, path, key, |root| stage_file(root, file));
+    let _ = fs::remove_file(file);
+    outcome
+}
+
+/// Create-only publication: `stage` leaves a durable, read-only file in `tmp/`, which is then
+/// linked under the key (link fails if the name exists) and the directory fsync'd.
+fn publish(
+    root: &Path,
+    path: &Path,
+    key: &str,
+    stage: impl FnOnce(&Path) -> std::io::Result<PathBuf>,
+) -> Result<PutOutcome, StoreError> {
     if let Some(existing) = read_existing(path, key)? {
-        let _ = fs::remove_file(file);
         return Ok(existing);
     }
     let parent = path.parent().ok_or_else(|| StoreError::InvalidKey {
@@ -294,7 +285,7 @@ fn put_file_blocking(
         reason: "no parent directory",
     })?;
     create_dirs_durably(root, parent).map_err(FsStore::io("create directory for", key))?;
-    let staged = stage_file(root, file).map_err(FsStore::io("stage", key))?;
+    let staged = stage(root).map_err(FsStore::io("write", key))?;
     let linked = fs::hard_link(&staged, path);
     let _ = fs::remove_file(&staged);
     match linked {
@@ -302,6 +293,7 @@ fn put_file_blocking(
             fsync_dir(parent).map_err(FsStore::io("fsync directory of", key))?;
             Ok(PutOutcome::Created)
         }
+        // Lost a race with another writer of the same key: report what is there.
         Err(e) if e.kind() == ErrorKind::AlreadyExists => {
             read_existing(path, key)?.ok_or_else(|| FsStore::io("publish", key)(e))
         }
@@ -324,14 +316,10 @@ fn stage_file(root: &Path, file: &Path) -> std::io::Result<PathBuf> {
     Ok(staged)
 }
 
+/// Hashes what already sits at the key, streaming (recordings are gigabytes).
 fn read_existing(path: &Path, key: &str) -> Result<Option<PutOutcome>, StoreError> {
-    match fs::read(path) {
-        Ok(existing) => Ok(Some(PutOutcome::AlreadyExists {
-            existing_sha256: sha256_hex(&existing),
-        })),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(FsStore::io("read existing", key)(e)),
-    }
+    let found = hash_file(path).map_err(FsStore::io("read existing", key))?;
+    Ok(found.map(|(existing_sha256, _)| PutOutcome::AlreadyExists { existing_sha256 }))
 }
 
 fn write_temp(root: &Path, bytes: &[u8]) -> std::io::Result<PathBuf> {
@@ -406,6 +394,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::archive::sha256_hex;
 
     fn opts(bytes: &[u8]) -> PutOptions {
         PutOptions {

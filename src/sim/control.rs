@@ -57,7 +57,7 @@ impl IntoResponse for ControlError {
 pub(crate) fn router() -> Router<Arc<SimState>> {
     Router::new()
         .route("/ground-truth", get(ground_truth))
-        .route("/stats", get(stats))
+        .route("/stats", get(stats).delete(reset_stats))
         .route("/interactions", post(create_interactions))
         .route("/faults", put(set_faults).get(get_faults))
         .route("/rate-limits", put(set_rate_limits).get(get_rate_limits))
@@ -154,6 +154,12 @@ fn teams_tail(records: &[teams_control::TeamsTruth], before: bool) -> String {
 
 async fn stats(State(st): State<Arc<SimState>>) -> Response {
     Json(lock(&st.stats).clone()).into_response()
+}
+
+/// `DELETE /_sim/stats`: starts the counters afresh (a benchmark measuring one phase).
+async fn reset_stats(State(st): State<Arc<SimState>>) -> StatusCode {
+    *lock(&st.stats) = super::stats::Stats::default();
+    StatusCode::NO_CONTENT
 }
 
 /// Body of `POST /_sim/interactions`.

@@ -13,5 +13,6 @@ mod boundaries;
 mod crash;
 mod end_to_end;
 mod errors;
+mod quarantine;
 mod service;
 mod teams;
