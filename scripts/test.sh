@@ -5,4 +5,4 @@
 # and Azurite itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec scripts/with-postgres.sh scripts/with-azurite.sh cargo test --locked --all-targets "$@"
+exec scripts/with-postgres.sh scripts/with-azurite.sh cargo test --locked --lib --bins --tests "$@"

@@ -67,8 +67,9 @@ pub struct Ingestor {
     store: Arc<dyn ArchiveStore>,
     state: StateDb,
     write_concurrency: usize,
-    /// Retention rules for what is written (see `ingest/custody.rs`).
-    compliance: crate::compliance::Compliance,
+    /// Retention rules for what is written (see `ingest/custody.rs`); shared by every clone and
+    /// swapped whole on a SIGHUP reload, so a batch sees one consistent rule set.
+    compliance: Arc<std::sync::RwLock<Arc<crate::compliance::Compliance>>>,
 }
 
 /// One identified record of a page, ready to store.
@@ -87,7 +88,7 @@ impl Ingestor {
             store,
             state,
             write_concurrency: write_concurrency.max(1),
-            compliance: Default::default(),
+            compliance: Arc::new(std::sync::RwLock::new(Arc::new(Default::default()))),
         }
     }
 

@@ -211,6 +211,10 @@ impl Scheduler {
         &self.owner
     }
 
+    pub fn ingest(&self) -> &Ingestor {
+        &self.ingest
+    }
+
     /// Replaces the schedule (SIGHUP reload, `ops::reload`); takes effect from the next pass.
     pub fn set_export(&mut self, export: ExportConfig) {
         self.export = export;

@@ -20,13 +20,27 @@ pub(super) struct Planned {
 
 impl Ingestor {
     /// Writes records under these retention rules (by default: forever, Unlocked, no disposal).
-    pub fn with_compliance(mut self, compliance: Compliance) -> Self {
-        self.compliance = compliance;
+    pub fn with_compliance(self, compliance: Compliance) -> Self {
+        self.set_compliance(compliance);
         self
     }
 
-    pub fn compliance(&self) -> &Compliance {
-        &self.compliance
+    /// Replaces the rules for writes from now on (SIGHUP). Records already written keep what
+    /// they were written with; a Locked retention is never shortened by a rule change.
+    pub fn set_compliance(&self, compliance: Compliance) {
+        let mut slot = self
+            .compliance
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *slot = std::sync::Arc::new(compliance);
+    }
+
+    /// The rules in force now.
+    pub fn compliance(&self) -> std::sync::Arc<Compliance> {
+        self.compliance
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The active holds for one batch of writes.
@@ -49,14 +63,14 @@ impl Ingestor {
             ("etag", item.meta.etag.as_str()),
         ];
         let (_, opts, _) =
-            self.compliance
+            self.compliance()
                 .plan(&item.facts, custody, &item.sha256, &provenance, now);
         opts
     }
 
     /// Store options for a manifest or a quarantined record: the default rule from now.
     pub(super) fn evidence_options(&self, sha256: &str) -> PutOptions {
-        self.compliance.evidence_options(sha256, Utc::now())
+        self.compliance().evidence_options(sha256, Utc::now())
     }
 
     pub(super) fn planned(
@@ -67,7 +81,7 @@ impl Ingestor {
         custody: &Custody,
         now: DateTime<Utc>,
     ) -> Planned {
-        let decision = self.compliance.rules.decide(&item.facts, now);
+        let decision = self.compliance().rules.decide(&item.facts, now);
         Planned {
             row: retention_row(key, &scope.id, &item.sha256, &item.facts, &decision),
             facts: item.facts.clone(),

@@ -3,10 +3,11 @@
 //! the log says which key is wrong.
 //!
 //! Applied live: the schedule (`export.*` timing keys, from the next pass), discovery (from its
-//! next run) and `log.level` (at once). Everything that shapes connections or storage (graph.*,
+//! next run), `log.level` (at once) and the retention rules (for records written from then on;
+//! nothing already written is touched). Everything that shapes connections or storage (graph.*,
 //! state.*, store.*, export.sources, export.page_size, export.write_concurrency, log.format,
-//! metrics.*, service.*, teams.*, and for now retention.*) needs a restart; a reload that changes those says so and keeps the old
-//! values.
+//! metrics.*, service.*, teams.*) needs a restart; a reload that changes those says so and keeps
+//! the old values.
 
 use crate::app::App;
 use crate::config::{self, Config, ExportConfig};
@@ -77,8 +78,11 @@ pub fn apply(app: &mut App, new: Config) -> ReloadOutcome {
     app.config.discovery = new.discovery;
     app.config.discovery_interval = new.discovery_interval;
     app.config.log.level = new.log.level;
-    // Retention rules (issue 4): once `Compliance` can swap its rules, apply `new.retention`
-    // here and move "retention" from the restart list to the live list in `diff`.
+    // Group members of the new rules were resolved by the caller before this point.
+    app.scheduler
+        .ingest()
+        .set_compliance(crate::compliance::Compliance::new(new.retention.clone()));
+    app.config.retention = new.retention;
     if outcome.needs_restart.is_empty() {
         tracing::info!(applied = ?outcome.applied, "configuration reloaded");
     } else {
@@ -125,6 +129,8 @@ pub fn diff(old: &Config, new: &Config) -> ReloadOutcome {
             old.discovery_interval != new.discovery_interval,
         ),
         ("log.level", old.log.level != new.log.level),
+        // Applies to records written from the next batch on; never to what is already written.
+        ("retention", debug_differs(&old.retention, &new.retention)),
     ];
     // Debug text of the Graph settings hides secrets, so a rotated secret is not noticed here:
     // a secret change always needs a restart (documented in docs/operations.md).
@@ -142,9 +148,6 @@ pub fn diff(old: &Config, new: &Config) -> ReloadOutcome {
         ("metrics.listen", old.metrics != new.metrics),
         ("service.shutdown_timeout", old.service != new.service),
         ("teams", debug_differs(&old.teams, &new.teams)),
-        // The ingest path holds its own copy of the rules (`Compliance`); until it can swap
-        // them, a rule change waits for a restart (see the hook in `apply`).
-        ("retention", debug_differs(&old.retention, &new.retention)),
     ];
     out.applied = live.iter().filter(|(_, d)| *d).map(|(k, _)| *k).collect();
     out.needs_restart = restart
@@ -212,5 +215,36 @@ poll_interval = "15m"
         let merged = live_export(&old.export, &new.export);
         assert_eq!(merged.poll_interval, std::time::Duration::from_secs(60));
         assert_eq!(merged.page_size, old.export.page_size);
+    }
+
+    #[test]
+    fn retention_rules_are_live() {
+        let with_rules = |years: &str| {
+            format!("{BASE}[retention.default]\nretain = \"{years}\"\nmode = \"unlocked\"\n")
+        };
+        let d = diff(&cfg(&with_rules("7y")), &cfg(&with_rules("10y")));
+        assert_eq!(d.applied, vec!["retention"]);
+        assert!(d.needs_restart.is_empty(), "{:?}", d.needs_restart);
+    }
+
+    #[tokio::test]
+    async fn ingest_writes_under_the_swapped_rules() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = crate::state::testing::sqlite_in(dir.path())
+            .await
+            .expect("state");
+        let store = std::sync::Arc::new(crate::archive::fs::FsStore::new(dir.path().join("a")));
+        let ingest = crate::ingest::Ingestor::new(store, state, 1);
+        let clone = ingest.clone();
+        let rules = cfg(&format!(
+            "{BASE}[retention.default]\nretain = \"10y\"\nmode = \"locked\"\n"
+        ))
+        .retention;
+        ingest.set_compliance(crate::compliance::Compliance::new(rules.clone()));
+        // Every clone (the scheduler's included) sees the new rules.
+        assert_eq!(
+            format!("{:?}", clone.compliance().rules),
+            format!("{:?}", rules)
+        );
     }
 }

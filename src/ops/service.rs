@@ -193,6 +193,11 @@ async fn wait_for_next_pass(
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep_until(next.into()) => return,
             Some(new) = reloads.recv() => {
+                let groups = crate::compliance::daemon::resolve_groups(&app.graph, &new.retention);
+                if let Err(e) = groups.await {
+                    tracing::error!(error = %e, "reload refused: the retention rules name a group that cannot be listed; keeping the running configuration");
+                    continue;
+                }
                 reload::apply(app, new);
                 next = pass_end + app.config.export.poll_interval;
             }
