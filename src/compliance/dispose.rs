@@ -12,9 +12,9 @@
 //! Each deletion is written to `dispositions` first and completed with its audit entry after,
 //! so an interrupted run leaves a visible intent that the next run finishes.
 
-use super::progress::Progress;
 use super::ComplianceError;
 use crate::archive::{ArchiveStore, StoreError};
+use crate::ops::progress::Progress;
 use crate::retention::RetentionRules;
 use crate::state::{AuditEntry, DisposalCandidate, StateDb};
 use chrono::{DateTime, Utc};
@@ -153,7 +153,7 @@ impl Disposer<'_> {
                 progress.inc(1);
             }
         }
-        progress.finish();
+        progress.finish("disposal finished");
         if !self.dry_run && !report.disabled {
             self.audit_run(&report).await?;
         }

@@ -6,9 +6,9 @@
 //! with progress; each object set is recorded, so an interrupted run is finished by
 //! `hold reconcile` (which the daemon also runs every pass) without redoing work.
 
-use super::progress::Progress;
 use super::ComplianceError;
 use crate::archive::ArchiveStore;
+use crate::ops::progress::Progress;
 use crate::state::{AuditEntry, HoldKind, HoldRow, StateDb};
 use chrono::Utc;
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -86,12 +86,13 @@ pub async fn apply(
     hold: &HoldRow,
     actor: &str,
 ) -> Result<HoldWork, ComplianceError> {
-    let progress = if Progress::visible() {
-        let total = state.hold_scope_count(hold).await?;
-        Progress::new("holding", Some(total.max(0) as u64))
+    // Counting a large custodian costs a query: only when a bar will show it.
+    let total = if crate::ops::progress::on_terminal() {
+        Some(state.hold_scope_count(hold).await?.max(0) as u64)
     } else {
-        Progress::hidden()
+        None
     };
+    let progress = Progress::new("holding", total);
     let mut work = HoldWork::default();
     let mut after = String::new();
     loop {
@@ -104,7 +105,7 @@ pub async fn apply(
             .await?;
         work.objects += keys.len() as u64;
     }
-    progress.finish();
+    progress.finish("done");
     if work.objects > 0 {
         audit(
             state,
@@ -205,7 +206,7 @@ async fn let_go(
             progress.inc(1);
         }
     }
-    progress.finish();
+    progress.finish("done");
     audit(
         state,
         actor,

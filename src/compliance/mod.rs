@@ -6,7 +6,6 @@ pub mod cli;
 pub mod daemon;
 pub mod dispose;
 pub mod holds;
-pub mod progress;
 pub mod verify;
 
 use crate::archive::{PutOptions, StoreError};

@@ -14,10 +14,10 @@
 //!
 //! The extra-object scan needs the whole archive, so it runs only without `--since`/`--user`.
 
-use super::progress::Progress;
 use super::ComplianceError;
 use crate::archive::{keys, sha256_hex, ArchiveStore};
 use crate::manifest::Manifest;
+use crate::ops::progress::Progress;
 use crate::state::{CatalogueEntry, ManifestRow, StateDb};
 use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -151,7 +151,7 @@ impl Verifier<'_> {
         if report.extra_scan {
             self.check_extras(&known, &mut report).await?;
         }
-        progress.finish();
+        progress.finish("verification finished");
         Ok(report)
     }
 
