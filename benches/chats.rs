@@ -21,7 +21,7 @@ use m365_archiver::archive::fs::FsStore;
 use m365_archiver::archive::ArchiveStore;
 use m365_archiver::groundtruth;
 use m365_archiver::sim::{self, SimConfig, TeamsSimConfig};
-use measure::{median, run_child, Usage};
+use measure::{class_requests, median, run_child, Usage};
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::time::{Duration, Instant};
@@ -311,21 +311,8 @@ fn chat_figures(
     usage: Usage,
     budget: f64,
 ) -> ChatFigures {
-    let by_status = &stats["requests"]["messages"];
-    let requests: f64 = by_status
-        .as_object()
-        .map(|m| m.values().filter_map(|v| v.as_f64()).sum())
-        .unwrap_or(0.0);
-    let throttled = by_status["429"].as_f64().unwrap_or(0.0);
-    let span = &stats["class_span"]["messages"];
-    let t = |k: &str| {
-        span[k]
-            .as_str()
-            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-            .map(|d| d.timestamp_millis() as f64 / 1000.0)
-            .unwrap_or(0.0)
-    };
-    let span_s = (t("last") - t("first")).max(1e-9);
+    let (requests, throttled, span_s) = class_requests(stats, "messages");
+    let span_s = span_s.max(1e-9);
     let wall_s = wall.as_secs_f64();
     ChatFigures {
         versions,

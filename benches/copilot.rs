@@ -14,7 +14,7 @@ mod measure;
 
 use m365_archiver::archive::fs::FsStore;
 use m365_archiver::groundtruth;
-use measure::{median, run_child, Usage};
+use measure::{class_requests, median, run_child, Usage};
 use std::time::{Duration, Instant};
 
 struct Args {
@@ -205,7 +205,7 @@ level = "warn"
 }
 
 fn figures(stats: &serde_json::Value, records: f64, wall: Duration, usage: Usage) -> Figures {
-    let (requests, throttled, span_s) = interaction_requests(stats);
+    let (requests, throttled, span_s) = class_requests(stats, "interactions");
     let wall_s = wall.as_secs_f64();
     Figures {
         records,
@@ -223,24 +223,4 @@ fn figures(stats: &serde_json::Value, records: f64, wall: Duration, usage: Usage
         cpu_s_per_10k: usage.cpu.as_secs_f64() / records.max(1.0) * 10_000.0,
         peak_rss_mib: usage.max_rss_kib as f64 / 1024.0,
     }
-}
-
-/// Requests the simulator saw on the interactions endpoint, how many it throttled, and the
-/// seconds between the first and the last of them.
-fn interaction_requests(stats: &serde_json::Value) -> (f64, f64, f64) {
-    let by_status = &stats["requests"]["interactions"];
-    let requests: f64 = by_status
-        .as_object()
-        .map(|m| m.values().filter_map(|v| v.as_f64()).sum())
-        .unwrap_or(0.0);
-    let throttled = by_status["429"].as_f64().unwrap_or(0.0);
-    let span = &stats["class_span"]["interactions"];
-    let t = |k: &str| {
-        span[k]
-            .as_str()
-            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-            .map(|d| d.timestamp_millis() as f64 / 1000.0)
-            .unwrap_or(0.0)
-    };
-    (requests, throttled, t("last") - t("first"))
 }

@@ -63,3 +63,23 @@ pub fn vm_hwm_kib(pid: libc::pid_t) -> Option<i64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// Requests the simulator saw for one route class (`interactions`, `messages`, ...), how many
+/// it answered 429, and the seconds between the first and the last of them.
+pub fn class_requests(stats: &serde_json::Value, class: &str) -> (f64, f64, f64) {
+    let by_status = &stats["requests"][class];
+    let requests: f64 = by_status
+        .as_object()
+        .map(|m| m.values().filter_map(|v| v.as_f64()).sum())
+        .unwrap_or(0.0);
+    let throttled = by_status["429"].as_f64().unwrap_or(0.0);
+    let span = &stats["class_span"][class];
+    let t = |k: &str| {
+        span[k]
+            .as_str()
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+            .map(|d| d.timestamp_millis() as f64 / 1000.0)
+            .unwrap_or(0.0)
+    };
+    (requests, throttled, t("last") - t("first"))
+}

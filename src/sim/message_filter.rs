@@ -5,8 +5,7 @@
 //! only the date part. Anything else is refused, so a client relying on undocumented filters
 //! fails here as it would against Graph.
 
-use super::data::parse_time;
-use super::odata::{bad, flatten_and, parse_expr, Expr, ODataError, Tok};
+use super::odata::{bad, date_bound, flatten_and, parse_expr, Expr, ODataError, Tok};
 
 /// One sender condition of the OR-group.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,32 +100,13 @@ pub(crate) fn parse_message_filter(
 }
 
 fn time_bound(out: &mut MessageFilter, op: &str, value: &Tok) -> Result<(), ODataError> {
-    let Tok::Word(raw) = value else {
-        return Err(bad(
-            "A binary operator with incompatible types was detected. Found operand types 'Edm.DateTimeOffset' and 'Edm.String'.",
-        ));
-    };
-    let t = parse_time(raw).ok_or_else(|| {
-        bad(format!(
-            "Unrecognized 'Edm.DateTimeOffset' literal '{raw}'."
-        ))
-    })?;
-    let ms = t.timestamp_millis();
-    let slot = match op {
-        "gt" => &mut out.after_ms,
-        "lt" => &mut out.before_ms,
-        _ => {
-            return Err(bad(format!(
-                "Unsupported operator '{op}' on lastModifiedDateTime: only 'gt' and 'lt' are supported."
-            )))
-        }
-    };
-    if slot.replace(ms).is_some() {
-        return Err(bad(format!(
-            "lastModifiedDateTime '{op}' is specified more than once."
-        )));
-    }
-    Ok(())
+    date_bound(
+        "lastModifiedDateTime",
+        &mut out.after_ms,
+        &mut out.before_ms,
+        op,
+        value,
+    )
 }
 
 fn sender_group(e: Expr, out: &mut Vec<SenderClause>) -> Result<(), ODataError> {

@@ -314,6 +314,24 @@ pub(crate) fn flatten_and(e: Expr, out: &mut Vec<Expr>) {
 }
 
 fn time_bound(out: &mut InteractionFilter, op: &str, value: &Tok) -> Result<(), ODataError> {
+    date_bound(
+        "createdDateTime",
+        &mut out.after_ms,
+        &mut out.before_ms,
+        op,
+        value,
+    )
+}
+
+/// One `gt`/`lt` bound on a date field (the only operators Graph documents for the export
+/// APIs), at millisecond precision: mailbox items carry no finer, so finer bounds truncate.
+pub(crate) fn date_bound(
+    field: &str,
+    after_ms: &mut Option<i64>,
+    before_ms: &mut Option<i64>,
+    op: &str,
+    value: &Tok,
+) -> Result<(), ODataError> {
     let Tok::Word(raw) = value else {
         return Err(bad(
             "A binary operator with incompatible types was detected. Found operand types 'Edm.DateTimeOffset' and 'Edm.String' for operator kind 'GreaterThan'.",
@@ -324,21 +342,17 @@ fn time_bound(out: &mut InteractionFilter, op: &str, value: &Tok) -> Result<(), 
             "Unrecognized 'Edm.DateTimeOffset' literal '{raw}'."
         ))
     })?;
-    // Mailbox items carry millisecond precision; finer bounds are truncated to it.
-    let ms = t.timestamp_millis();
     let slot = match op {
-        "gt" => &mut out.after_ms,
-        "lt" => &mut out.before_ms,
+        "gt" => after_ms,
+        "lt" => before_ms,
         _ => {
             return Err(bad(format!(
-                "Unsupported operator '{op}' on createdDateTime: only 'gt' and 'lt' are supported."
+                "Unsupported operator '{op}' on {field}: only 'gt' and 'lt' are supported."
             )))
         }
     };
-    if slot.replace(ms).is_some() {
-        return Err(bad(format!(
-            "createdDateTime '{op}' is specified more than once."
-        )));
+    if slot.replace(t.timestamp_millis()).is_some() {
+        return Err(bad(format!("{field} '{op}' is specified more than once.")));
     }
     Ok(())
 }

@@ -145,7 +145,7 @@ async fn insert_chunk(
     Ok(done.rows_affected())
 }
 
-fn catalogue_row(row: &AnyRow, op: &'static str) -> Result<CatalogueEntry, StateError> {
+pub(super) fn catalogue_row(row: &AnyRow, op: &'static str) -> Result<CatalogueEntry, StateError> {
     let r = RowReader::new(row, op);
     Ok(CatalogueEntry {
         source: r.string("source")?,

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
 use sqlx::AnyConnection;
 
+use super::catalogue::catalogue_row;
 use super::types::{opt_to_ms, to_ms, RowReader};
 use super::{placeholders, AuditEntry, CatalogueEntry, StateDb, StateError};
 
@@ -381,21 +382,6 @@ fn candidate_row(row: &AnyRow, op: &'static str) -> Result<DisposalCandidate, St
         rule: r.string("rule")?,
         retain_until: r.time("retain_until")?,
         created_at: r.opt_time("created_at")?,
-    })
-}
-
-fn catalogue_row(row: &AnyRow, op: &'static str) -> Result<CatalogueEntry, StateError> {
-    let r = RowReader::new(row, op);
-    Ok(CatalogueEntry {
-        source: r.string("source")?,
-        record_key: r.string("record_key")?,
-        etag: r.string("etag")?,
-        sha256: r.string("sha256")?,
-        storage_key: r.string("storage_key")?,
-        size_bytes: r.int("size_bytes")?,
-        scope_id: r.string("scope_id")?,
-        created_at: r.opt_time("created_at")?,
-        archived_at: r.time("archived_at")?,
     })
 }
 

@@ -25,14 +25,6 @@ async fn sigkill_at_random_points_azurite() {
     }
 }
 
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// A blob already at a record's key with other content is an integrity alarm: reported, never
 /// overwritten, and everything else is still archived.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,14 +9,6 @@ use m365_archiver::state::CatalogueEntry;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 async fn verify(env: &Env) -> (Option<i32>, serde_json::Value) {
     let out = env
         .command(&["verify", "--json"])

@@ -1,14 +1,6 @@
 use crate::helpers::*;
 use m365_archiver::groundtruth::storage_key;
 
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_secret_names_the_aadsts_code_and_archives_nothing() {
     let wrong = "Wr0ng-Secret-Value-4242";
