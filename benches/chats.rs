@@ -2,6 +2,7 @@
 //!
 //!   cargo bench --bench chats -- [--users N] [--chats N] [--per-chat N] [--runs N]
 //!                                [--rps R] [--recording-mib N] [--skip-chats] [--skip-recording]
+//!                                [--dir PATH]   (where state and archive live; default: TMPDIR)
 //!
 //! 1. Chat messages: a fresh simulated tenant (every user in several 1:1, group and meeting
 //!    chats, so each message is exported once per member), `m365-archiver run --once` with the
@@ -37,6 +38,8 @@ struct Args {
     recording_mib: u64,
     chats_bench: bool,
     recording_bench: bool,
+    /// Where each run's state and archive live (a new directory inside it per run).
+    dir: Option<std::path::PathBuf>,
 }
 
 fn parse_args() -> Args {
@@ -49,6 +52,7 @@ fn parse_args() -> Args {
         recording_mib: 1024,
         chats_bench: true,
         recording_bench: true,
+        dir: None,
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -64,6 +68,7 @@ fn parse_args() -> Args {
             "--recording-mib" => a.recording_mib = next.parse().unwrap_or(a.recording_mib),
             "--skip-chats" => (a.chats_bench, step) = (false, 1),
             "--skip-recording" => (a.recording_bench, step) = (false, 1),
+            "--dir" => a.dir = Some(next.into()),
             _ => step = 1,
         }
         i += step;
@@ -90,8 +95,12 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     if args.chats_bench {
         let mut all = Vec::new();
+        // Removing a run's 60k files just before the next run's writes would make the next
+        // run pay for the deletion (ext4 skips recently freed inodes): keep them to the end.
+        let mut dirs = Vec::new();
         for run in 1..=args.runs {
-            let (backfill, resweep) = rt.block_on(chat_run(&args));
+            let (backfill, resweep, dir) = rt.block_on(chat_run(&args));
+            dirs.push(dir);
             print_chat(run, "backfill", &backfill, args.rps);
             print_chat(run, "re-sweep", &resweep, args.rps);
             all.push((backfill, resweep));
@@ -127,7 +136,7 @@ fn print_chat(run: usize, phase: &str, f: &ChatFigures, rps: f64) {
 
 /// The backfill (every version new) and then a look-back re-sweep of the same 30 days (every
 /// version already archived): the first is bound by the store, the second by the budget.
-async fn chat_run(args: &Args) -> (ChatFigures, ChatFigures) {
+async fn chat_run(args: &Args) -> (ChatFigures, ChatFigures, tempfile::TempDir) {
     let mut cfg = SimConfig {
         users: args.users,
         unlicensed_users: 0,
@@ -145,7 +154,11 @@ async fn chat_run(args: &Args) -> (ChatFigures, ChatFigures) {
     let sim = sim::spawn(cfg, ([127, 0, 0, 1], 0).into())
         .await
         .expect("simulator");
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = match &args.dir {
+        Some(parent) => tempfile::tempdir_in(parent),
+        None => tempfile::tempdir(),
+    }
+    .expect("tempdir");
     let config = dir.path().join("bench.toml");
     let graph = format!(
         "[graph.rate_limits]\nmessages_rps = {}\nother_rps = 100\n",
@@ -169,7 +182,7 @@ async fn chat_run(args: &Args) -> (ChatFigures, ChatFigures) {
         "a re-sweep stores nothing new"
     );
     sim.shutdown().await;
-    (backfill, resweep)
+    (backfill, resweep, dir)
 }
 
 /// One `run --once` with fresh simulator counters; checks the archive afterwards.

@@ -2,19 +2,22 @@
 //! rate limit (30 rps per tenant for getAllEnterpriseInteractions).
 //!
 //!   cargo bench --bench copilot -- [--users N] [--per-user N] [--runs N] [--rps R]
+//!   scripts/with-postgres.sh cargo bench --bench copilot -- --replicas N [...]
 //!
 //! Each run starts a fresh simulated tenant (`m365-archiver sim`) and `m365-archiver run --once`
 //! as child processes (CPU and peak RSS are the archiver's alone, from wait4's rusage), then
 //! prints records/s, requests/s as a fraction of the budget, 429s, CPU seconds per 10k records
 //! and peak RSS, and checks the archive against the ground truth. With several runs it prints
-//! the median of each figure. See docs/benchmarks.md.
+//! the median of each figure. With `--replicas N`, N `run --once` processes share one fresh
+//! PostgreSQL database (from `scripts/with-postgres.sh`) and the one tenant: the budget used
+//! and the 429s are then those of all of them together. See docs/benchmarks.md.
 
 #[path = "support/measure.rs"]
 mod measure;
 
 use m365_archiver::archive::fs::FsStore;
 use m365_archiver::groundtruth;
-use measure::{class_requests, median, run_child, Usage};
+use measure::{class_requests, median, run_children, Usage};
 use std::time::{Duration, Instant};
 
 struct Args {
@@ -22,6 +25,8 @@ struct Args {
     per_user: u32,
     runs: usize,
     rps: f64,
+    /// Archiver processes on one PostgreSQL database; None: one process on SQLite.
+    replicas: Option<usize>,
 }
 
 fn parse_args() -> Args {
@@ -30,6 +35,7 @@ fn parse_args() -> Args {
         per_user: 100,
         runs: 1,
         rps: 30.0,
+        replicas: None,
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -40,6 +46,7 @@ fn parse_args() -> Args {
             "--per-user" => a.per_user = next.parse().unwrap_or(a.per_user),
             "--runs" => a.runs = next.parse().unwrap_or(a.runs),
             "--rps" => a.rps = next.parse().unwrap_or(a.rps),
+            "--replicas" => a.replicas = next.parse().ok().filter(|n| *n >= 1),
             _ => {
                 i += 1;
                 continue;
@@ -79,8 +86,8 @@ fn main() {
     }
     let med = |g: fn(&Figures) -> f64| median(all.iter().map(g).collect());
     println!(
-        "median of {} run(s), {} users x {} interactions: records/s {:.0} | budget used {:.1}% | 429s {:.2}% | CPU s/10k records {:.3} | peak RSS {:.1} MiB",
-        all.len(), args.users, args.per_user,
+        "median of {} run(s), {} users x {} interactions, {}: records/s {:.0} | budget used {:.1}% | 429s {:.2}% | CPU s/10k records {:.3} | peak RSS {:.1} MiB",
+        all.len(), args.users, args.per_user, setup(&args),
         med(|f| f.records_per_s), med(|f| f.budget_fraction) * 100.0, med(|f| f.throttled_pct),
         med(|f| f.cpu_s_per_10k), med(|f| f.peak_rss_mib)
     );
@@ -92,12 +99,20 @@ async fn one_run(args: &Args) -> Figures {
     let authority = sim.authority.clone();
     sim.wait_ready().await;
     let config = dir.path().join("bench.toml");
-    std::fs::write(&config, config_text(&authority, dir.path(), args.rps)).expect("config");
+    let state_url = state_url(dir.path(), args).await;
+    let text = config_text(&authority, dir.path(), &state_url, args.rps);
+    std::fs::write(&config, text).expect("config");
 
     let started = Instant::now();
-    let (status, usage) = run_child(&config);
+    let exits = run_children(&config, args.replicas.unwrap_or(1));
     let wall = started.elapsed();
-    assert!(status == 0, "archiver exited {status}");
+    for (status, _) in &exits {
+        assert!(*status == 0, "archiver exited {status}");
+    }
+    let usage = Usage {
+        cpu: exits.iter().map(|(_, u)| u.cpu).sum(),
+        max_rss_kib: exits.iter().map(|(_, u)| u.max_rss_kib).max().unwrap_or(0),
+    };
 
     let stats: serde_json::Value = reqwest::get(format!("{authority}/_sim/stats"))
         .await
@@ -175,7 +190,27 @@ impl Drop for SimProcess {
     }
 }
 
-fn config_text(authority: &str, dir: &std::path::Path, rps: f64) -> String {
+/// "1 process, SQLite" or "3 replicas, PostgreSQL", for the summary line.
+fn setup(args: &Args) -> String {
+    match args.replicas {
+        None => "1 process, SQLite".into(),
+        Some(n) => format!("{n} replica(s), PostgreSQL"),
+    }
+}
+
+/// SQLite in the run's directory, or a fresh database on the cluster of
+/// scripts/with-postgres.sh when replicas are asked for.
+async fn state_url(dir: &std::path::Path, args: &Args) -> String {
+    if args.replicas.is_none() {
+        return format!("sqlite://{}/state.db", dir.display());
+    }
+    m365_archiver::state::testing::fresh_postgres_url()
+        .await
+        .expect("a fresh PostgreSQL database")
+        .expect("--replicas needs PostgreSQL: run under scripts/with-postgres.sh")
+}
+
+fn config_text(authority: &str, dir: &std::path::Path, state_url: &str, rps: f64) -> String {
     let start = (chrono::Utc::now() - chrono::Duration::days(40)).to_rfc3339();
     format!(
         r#"[graph]
@@ -187,7 +222,7 @@ authority = "{authority}"
 [graph.rate_limits]
 interactions_rps = {rps}
 [state]
-url = "sqlite://{dir}/state.db"
+url = "{state_url}"
 [store]
 kind = "fs"
 path = "{dir}/archive"

@@ -4,7 +4,8 @@
 #
 #   scripts/check-systemd-unit.sh [UNIT] [BINARY]
 #
-# UNIT defaults to systemd/m365-archiver.service, BINARY to target/debug/m365-archiver. The unit
+# UNIT defaults to systemd/m365-archiver.service (a template name@.service is checked as
+# name@example.service), BINARY to target/debug/m365-archiver. The unit
 # is checked inside a scratch root holding the unit, the binary at /usr/bin and systemd's own
 # units, so nothing is installed on this machine. Installs systemd with apt-get if
 # systemd-analyze is missing. Prints "exposure N.N" on success.
@@ -48,6 +49,12 @@ for dir in /usr/lib/systemd/system /lib/systemd/system; do
     fi
 done
 cp "${UNIT}" "${ROOT}/etc/systemd/system/${NAME}"
+# A template (name@.service) is checked as one instance of it.
+if [[ "${NAME}" == *@.service ]]; then
+    NAME="${NAME%@.service}@example.service"
+    cp "${UNIT}" "${ROOT}/etc/systemd/system/${NAME}"
+    UNIT="${ROOT}/etc/systemd/system/${NAME}"
+fi
 
 # verify exits 0 on unknown keys and other warnings: any output is a failure.
 VERIFY_OUT="$(systemd-analyze verify --root="${ROOT}" --man=no "${NAME}" 2>&1)" || {

@@ -8,6 +8,7 @@
 # workspace. The command sees
 #   M365_TEST_AZURITE_BLOB_ENDPOINT=http://127.0.0.1:PORT/devstoreaccount1
 #   M365_TEST_AZURITE_SAS=<account SAS, all permissions, signed with the well-known dev key>
+#   M365_TEST_AZURITE_BIN=<the azurite-blob executable>
 # (tests create their own container per test) and this script exits with the command's exit
 # code. Azurite is stopped and its workspace removed on every exit path.
 #
@@ -108,6 +109,8 @@ process.stdout.write(q.toString());
 
 export M365_TEST_AZURITE_BLOB_ENDPOINT="http://127.0.0.1:${PORT}/${ACCOUNT}"
 export M365_TEST_AZURITE_SAS="${SAS}"
+# For tests that run an Azurite of their own (the chaos suite stops and starts it).
+export M365_TEST_AZURITE_BIN="${AZURITE_BIN}"
 
 # Proves the SAS works before handing over: create and delete a probe container.
 probe="probe-$$-${RANDOM}"

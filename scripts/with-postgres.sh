@@ -7,6 +7,7 @@
 # (its unix socket stays inside that directory), trusts every local connection and runs with
 # fsync off: it is for tests, never for data that matters. The command sees
 #   M365_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:PORT/postgres
+#   M365_TEST_POSTGRES_BIN=<the PostgreSQL bin directory used>
 # and this script exits with the command's exit code. The cluster is stopped and its directory
 # removed on every exit path (success, failure, Ctrl-C, SIGTERM).
 #
@@ -144,6 +145,8 @@ done
     || die "PostgreSQL started but does not accept connections on 127.0.0.1:${PORT}"
 
 export M365_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:${PORT}/postgres"
+# Where the binaries are, for tests that run a cluster of their own (the chaos suite).
+export M365_TEST_POSTGRES_BIN="${PG_BIN}"
 log "$("${PG_BIN}/postgres" --version) ready at ${M365_TEST_POSTGRES_URL}"
 
 # The command runs in the background so that a signal sent to this script alone (a CI timeout,

@@ -7,6 +7,7 @@ use crate::config::{Config, StoreConfig};
 use crate::discovery::{self, DiscoveryError};
 use crate::graph::{GraphClient, GraphError};
 use crate::ingest::Ingestor;
+use crate::replicas::{self, Replicas};
 use crate::scheduler::{PassReport, Scheduler};
 use crate::sources::channels::{ChannelsSource, TeamDirectory};
 use crate::sources::chats::ChatsSource;
@@ -62,6 +63,8 @@ pub struct App {
     pub scheduler: Scheduler,
     /// Which teams are deleted, as team discovery last saw it (read by the channels source).
     pub teams: TeamDirectory,
+    /// This process in the replica registry: its share of the tenant's rate budget.
+    pub replicas: Replicas,
 }
 
 pub async fn open_state(config: &Config) -> Result<StateDb, AppError> {
@@ -137,6 +140,13 @@ impl App {
             ingest,
             sources_with(&config, &teams),
         );
+        let replicas = Replicas::join(
+            &state,
+            &graph,
+            scheduler.owner(),
+            replicas::Timing::default(),
+        )
+        .await?;
         tracing::info!(
             state = state_kind(&config.state_url),
             store = %store.describe(),
@@ -150,6 +160,7 @@ impl App {
             graph,
             scheduler,
             teams,
+            replicas,
         })
     }
 
@@ -168,6 +179,12 @@ impl App {
 
     /// Discovery, then one pass over every scope.
     pub async fn run_once(&self, cancel: &CancellationToken) -> Result<PassReport, AppError> {
+        let report = self.pass_once(cancel).await;
+        self.replicas.leave().await;
+        report
+    }
+
+    async fn pass_once(&self, cancel: &CancellationToken) -> Result<PassReport, AppError> {
         self.discover().await?;
         let report = self.scheduler.run_pass(cancel, true).await?;
         self.reconcile_holds().await;
@@ -189,12 +206,25 @@ impl App {
         );
     }
 
-    /// One iteration of the daemon: discovery when due, then a pass over every scope. The
-    /// service loop (`ops::service`) wraps it with readiness, watchdog, reload and metrics.
+    /// One iteration of the daemon: discovery when due, then a pass over the scopes due
+    /// (`scheduler::due`). The service loop (`ops::service`) wraps it with readiness, watchdog,
+    /// reload and metrics.
     pub async fn daemon_pass(
         &self,
         last_discovery: &mut Option<std::time::Instant>,
         cancel: &CancellationToken,
+    ) -> Result<PassReport, AppError> {
+        self.daemon_pass_where(last_discovery, cancel, &|_, _| true)
+            .await
+    }
+
+    /// As `daemon_pass`, over the (source, scope) pairs `keep` accepts (change notifications
+    /// relax Copilot polling while they are healthy).
+    pub async fn daemon_pass_where(
+        &self,
+        last_discovery: &mut Option<std::time::Instant>,
+        cancel: &CancellationToken,
+        keep: crate::scheduler::PassFilter<'_>,
     ) -> Result<PassReport, AppError> {
         let due = last_discovery.is_none_or(|t| t.elapsed() >= self.config.discovery_interval);
         if due {
@@ -214,7 +244,7 @@ impl App {
                 }
             }
         }
-        let report = self.scheduler.run_pass(cancel, false).await?;
+        let report = self.scheduler.run_due_pass(cancel, keep).await?;
         self.reconcile_holds().await;
         self.log_graph_stats();
         Ok(report)
@@ -234,6 +264,7 @@ impl App {
             .state
             .release_all_leases(self.scheduler.owner())
             .await?;
+        self.replicas.leave().await;
         tracing::info!(leases_released = released, "stopped");
         Ok(())
     }

@@ -77,6 +77,8 @@ pub const KNOWN_KEYS: &[&str] = &[
     "export.lookback",
     "export.lookback_interval",
     "export.poll_interval",
+    "export.max_staleness",
+    "export.idle_backoff",
     "export.concurrency",
     "export.write_concurrency",
     "export.lease_ttl",
@@ -98,6 +100,24 @@ pub const KNOWN_KEYS: &[&str] = &[
     "teams.include_deleted_teams",
     "teams.organizers",
     "teams.content_timeout",
+    "notifications.enabled",
+    "notifications.listen",
+    "notifications.notification_url",
+    "notifications.lifecycle_url",
+    "notifications.mode",
+    "notifications.client_state",
+    "notifications.client_state_file",
+    "notifications.client_state_credential",
+    "notifications.certificate",
+    "notifications.private_key",
+    "notifications.certificate_id",
+    "notifications.validation_keys",
+    "notifications.filter.app_class",
+    "notifications.filter.conversation_type",
+    "notifications.lifetime",
+    "notifications.renew_before",
+    "notifications.sweep_interval",
+    "notifications.max_body",
 ];
 
 /// Keys whose environment value is a comma-separated list.
@@ -149,6 +169,8 @@ pub struct Settings {
     pub retention: crate::retention::RetentionSettings,
     #[serde(default)]
     pub teams: crate::sources::settings::TeamsSettings,
+    #[serde(default)]
+    pub notifications: crate::notifications::settings::NotificationSettings,
 }
 
 #[derive(Debug, Deserialize)]
@@ -246,6 +268,11 @@ pub struct ExportSettings {
     pub lookback_interval: Duration,
     #[serde(default = "default_poll_interval", with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// Unset: the larger of 24h and `poll_interval`, so that existing files stay valid.
+    #[serde(default, with = "humantime_serde")]
+    pub max_staleness: Option<Duration>,
+    #[serde(default = "default_idle_backoff")]
+    pub idle_backoff: f64,
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     #[serde(default = "default_write_concurrency")]
@@ -359,6 +386,10 @@ fn default_lookback_interval() -> Duration {
 fn default_poll_interval() -> Duration {
     Duration::from_secs(900)
 }
+const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(24 * 3600);
+fn default_idle_backoff() -> f64 {
+    1.5
+}
 fn default_concurrency() -> usize {
     8
 }
@@ -398,6 +429,8 @@ pub struct Config {
     pub service: crate::ops::settings::ServiceConfig,
     pub retention: crate::retention::RetentionRules,
     pub teams: crate::sources::settings::TeamsConfig,
+    /// None unless `notifications.enabled`.
+    pub notifications: Option<crate::notifications::settings::NotificationsConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -420,6 +453,10 @@ pub struct ExportConfig {
     pub lookback: Duration,
     pub lookback_interval: Duration,
     pub poll_interval: Duration,
+    /// Longest interval between two polls of one scope (`scheduler::due`).
+    pub max_staleness: Duration,
+    /// Factor a scope's poll interval grows by after each poll that found nothing new.
+    pub idle_backoff: f64,
     pub concurrency: usize,
     pub write_concurrency: usize,
     pub lease_ttl: Duration,
@@ -589,6 +626,7 @@ impl Settings {
         let service = self.service.validate()?;
         let retention = self.retention.validate()?;
         let teams = self.teams.validate()?;
+        let notifications = self.notifications.validate(&export)?;
         if matches!(store, StoreConfig::Azure(_)) && !retention.is_configured() {
             return Err(ConfigError::key(
                 "retention.default",
@@ -608,6 +646,7 @@ impl Settings {
             service,
             retention,
             teams,
+            notifications,
         })
     }
 }
@@ -887,6 +926,13 @@ impl ExportSettings {
         if self.lease_ttl < Duration::from_secs(5) {
             return Err(ConfigError::key("export.lease_ttl", "must be at least 5s"));
         }
+        let max_staleness = self.max_staleness()?;
+        if !(1.0..=10.0).contains(&self.idle_backoff) {
+            return Err(ConfigError::key(
+                "export.idle_backoff",
+                "must be between 1 (poll every scope every poll_interval) and 10",
+            ));
+        }
         Ok(ExportConfig {
             sources,
             start,
@@ -897,10 +943,30 @@ impl ExportSettings {
             lookback: self.lookback,
             lookback_interval: self.lookback_interval,
             poll_interval: self.poll_interval,
+            max_staleness,
+            idle_backoff: self.idle_backoff,
             concurrency: self.concurrency,
             write_concurrency: self.write_concurrency,
             lease_ttl: self.lease_ttl,
         })
+    }
+}
+
+impl ExportSettings {
+    /// The staleness bound: at least one poll interval, since no scope is polled more often.
+    fn max_staleness(&self) -> Result<Duration, ConfigError> {
+        match self.max_staleness {
+            None => Ok(DEFAULT_MAX_STALENESS.max(self.poll_interval)),
+            Some(m) if m < self.poll_interval || m.is_zero() => Err(ConfigError::key(
+                "export.max_staleness",
+                format!(
+                    "must be at least export.poll_interval ({}): scopes are never polled more \
+                     often than that",
+                    humantime::format_duration(self.poll_interval)
+                ),
+            )),
+            Some(m) => Ok(m),
+        }
     }
 }
 
@@ -1068,6 +1134,32 @@ start = "2024-01-01T00:00:00Z"
         )
         .expect_err("bogus source");
         assert_eq!(key_of(e), "export.sources");
+    }
+
+    #[test]
+    fn staleness_bound_defaults_and_is_checked() {
+        let c = load_text(MINIMAL, &[]).expect("valid");
+        assert_eq!(c.export.max_staleness, Duration::from_secs(24 * 3600));
+        assert_eq!(c.export.idle_backoff, 1.5);
+        // An existing file with a longer poll interval stays valid.
+        let slow = MINIMAL.replace("[export]", "[export]\npoll_interval = \"48h\"");
+        let c = load_text(&slow, &[]).expect("valid");
+        assert_eq!(c.export.max_staleness, Duration::from_secs(48 * 3600));
+        let env = [
+            ("M365_ARCHIVER__EXPORT__MAX_STALENESS", "4s"),
+            ("M365_ARCHIVER__EXPORT__POLL_INTERVAL", "1s"),
+            ("M365_ARCHIVER__EXPORT__IDLE_BACKOFF", "2"),
+        ];
+        let c = load_text(MINIMAL, &env).expect("valid");
+        assert_eq!(c.export.max_staleness, Duration::from_secs(4));
+        assert_eq!(c.export.idle_backoff, 2.0);
+        for (to, key) in [
+            ("max_staleness = \"5m\"", "export.max_staleness"),
+            ("idle_backoff = 0.9", "export.idle_backoff"),
+        ] {
+            let text = MINIMAL.replace("[export]", &format!("[export]\n{to}"));
+            assert_eq!(key_of(load_text(&text, &[]).expect_err(key)), key);
+        }
     }
 
     #[test]

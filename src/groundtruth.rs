@@ -290,7 +290,7 @@ mod tests {
             vec![storage_key(&old)],
             "a caught old version must be exact"
         );
-        assert!(storage_key(&new).starts_with("records/chats/19%3Ac%40thread.v2/1/"));
+        assert!(storage_key(&new).starts_with("records/chats/19%3Ac%40thread.v2/1@"));
     }
 
     #[tokio::test]

@@ -15,6 +15,7 @@ pub mod ingest;
 pub mod manifest;
 pub mod notifications;
 pub mod ops;
+pub mod replicas;
 pub mod retention;
 pub mod scheduler;
 pub mod sim;

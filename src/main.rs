@@ -31,9 +31,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the archiver: as a daemon, or one full pass with --once.
+    /// Run the archiver: as a daemon (each pass polls the scopes due under
+    /// export.max_staleness), or one full pass with --once.
     Run {
-        /// One full pass over every due scope, then exit (0 if everything succeeded).
+        /// One full pass over every scope, due or not, then exit (0 if everything succeeded).
         #[arg(long)]
         once: bool,
     },
@@ -64,6 +65,16 @@ enum Command {
     },
     /// Create or upgrade the state database schema, then exit.
     Migrate,
+    /// Encryption certificate for change notifications.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+    /// Change-notification subscriptions.
+    Subscriptions {
+        #[command(subcommand)]
+        command: SubscriptionsCommand,
+    },
     /// Configuration commands.
     Config {
         #[command(subcommand)]
@@ -99,6 +110,31 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum CertCommand {
+    /// Create the RSA key pair and self-signed certificate change notifications encrypt to.
+    New {
+        /// Directory for certificate.pem and private-key.pem (created; files never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Common name of the certificate.
+        #[arg(long, default_value = "m365-archiver notifications")]
+        subject: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SubscriptionsCommand {
+    /// The change-notification subscriptions as the state database records them.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum ConfigCommand {
     /// Validate the configuration and exit (78 naming the key if something is wrong).
     Check,
@@ -128,6 +164,16 @@ fn main() -> ExitCode {
 
 async fn dispatch(cli: Cli) -> ExitCode {
     match cli.command {
+        Command::Cert {
+            command: CertCommand::New { out, days, subject },
+        } => finish(
+            m365_archiver::notifications::cert::run_new(&out, days, &subject)
+                .map(|text| {
+                    print!("{text}");
+                    0
+                })
+                .map_err(anyhow::Error::from),
+        ),
         Command::Demo { dir } => {
             telemetry::init(false, "info");
             finish(
@@ -220,7 +266,15 @@ async fn run_command(command: Command, config: Config) -> Result<u8, AppError> {
         Command::Verify { since, user, json } => {
             m365_archiver::compliance::cli::verify(&config, since.as_deref(), user, json).await
         }
-        Command::Demo { .. } | Command::Sim { .. } => Ok(0),
+        Command::Subscriptions {
+            command: SubscriptionsCommand::List { json },
+        } => {
+            let state = app::open_state(&config).await?;
+            let text = m365_archiver::notifications::cli::list(&state, json).await?;
+            print!("{text}");
+            Ok(0)
+        }
+        Command::Demo { .. } | Command::Sim { .. } | Command::Cert { .. } => Ok(0),
     }
 }
 

@@ -5,19 +5,28 @@
 //! overlap catches a record sitting exactly on the previous window's end. The watermark moves
 //! only when a whole window is archived. A periodic look-back re-sweeps
 //! `(watermark - lookback, watermark)` to catch records Graph shows late. A lease per
-//! (source, scope) keeps two processes sharing one database off the same work.
+//! (source, scope) keeps two processes sharing one database off the same work. The daemon's
+//! passes poll only the scopes their schedule makes due (`due`: activity-based intervals under
+//! `export.max_staleness`); `run --once` and catch-up passes poll every scope they cover.
+
+mod claims;
+pub mod due;
 
 use crate::config::ExportConfig;
 use crate::graph::GraphClient;
 use crate::ingest::{Ingestor, WindowPlan, WindowReport};
-use crate::sources::{Scope, ScopeKind, Source, Window};
+use crate::sources::{Scope, ScopeKind, Source, SourceKind, Window};
 use crate::state::{Checkpoint, ScopeRow, StateDb, StateError};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use claims::{work_key, LeaseClaims};
 use futures::stream::{self, StreamExt};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+
+/// Which (source, scope) pairs a pass covers.
+pub type PassFilter<'a> = &'a (dyn Fn(SourceKind, &ScopeRow) -> bool + Sync);
 
 #[derive(Clone)]
 pub struct Scheduler {
@@ -33,10 +42,25 @@ pub struct Scheduler {
 /// The outcome of one (scope, source) in a pass.
 #[derive(Debug, Clone, serde::Serialize)]
 pub enum ScopeOutcome {
-    Done { windows: u64, report: WindowTotals },
+    Done {
+        windows: u64,
+        report: WindowTotals,
+    },
     LeasedElsewhere,
-    Cancelled { windows: u64, report: WindowTotals },
-    Failed { error: String, report: WindowTotals },
+    Cancelled {
+        windows: u64,
+        report: WindowTotals,
+    },
+    Failed {
+        error: String,
+        report: WindowTotals,
+    },
+    /// A departed scope whose resource Graph no longer has (404): nothing is left to export,
+    /// so its final sweep ends here instead of failing on every pass.
+    Vanished {
+        error: String,
+        report: WindowTotals,
+    },
 }
 
 impl ScopeOutcome {
@@ -44,7 +68,8 @@ impl ScopeOutcome {
         match self {
             ScopeOutcome::Done { report, .. }
             | ScopeOutcome::Cancelled { report, .. }
-            | ScopeOutcome::Failed { report, .. } => *report,
+            | ScopeOutcome::Failed { report, .. }
+            | ScopeOutcome::Vanished { report, .. } => *report,
             ScopeOutcome::LeasedElsewhere => WindowTotals::default(),
         }
     }
@@ -121,6 +146,8 @@ pub struct PassReport {
     pub failures: Vec<ScopeFailure>,
     pub totals: WindowTotals,
     pub elapsed_ms: u64,
+    /// Active (source, scope) pairs the schedule left for a later pass; 0 in a full pass.
+    pub not_due: u64,
 }
 
 impl PassReport {
@@ -228,36 +255,87 @@ impl Scheduler {
         cancel: &CancellationToken,
         wait_for_leases: bool,
     ) -> Result<PassReport, StateError> {
-        let started = Instant::now();
+        self.run_pass_where(cancel, wait_for_leases, &|_, _| true)
+            .await
+    }
+
+    /// As `run_pass`, over the (source, scope) pairs `keep` accepts (change notifications
+    /// relax or target polling). A departed scope's final sweep is closed only by a pass that
+    /// left none of its sources out.
+    pub async fn run_pass_where(
+        &self,
+        cancel: &CancellationToken,
+        wait_for_leases: bool,
+        keep: PassFilter<'_>,
+    ) -> Result<PassReport, StateError> {
+        let clock = (Instant::now(), Utc::now());
         let work = self.work_items().await?;
-        let mut outcomes = self.run_all(work, cancel, LeaseMode::TryOnce).await;
+        let report = self
+            .run_work(work, keep, cancel, wait_for_leases, clock)
+            .await?;
+        log_pass(&report);
+        Ok(report)
+    }
+
+    /// A daemon pass: the (source, scope) pairs due now (`due`, queried from the state
+    /// database, so an idle scope costs no request and no row here), of those the ones `keep`
+    /// accepts (change notifications stretch Copilot polls while they cover a user). The next
+    /// pass is assumed one `export.poll_interval` later: the schedule's horizon counts on it.
+    pub async fn run_due_pass(
+        &self,
+        cancel: &CancellationToken,
+        keep: PassFilter<'_>,
+    ) -> Result<PassReport, StateError> {
+        let clock = (Instant::now(), Utc::now());
+        let horizon = due::Policy::from_config(&self.export).horizon(clock.1.timestamp_millis());
+        let (mut work, mut not_due) = (Vec::new(), 0);
+        for source in &self.sources {
+            let (kind, src) = (source.kind().scope_kind(), source.kind().as_str());
+            let found = self.state.due_scopes(kind.as_str(), src, horizon).await?;
+            crate::ops::metrics::pass_schedule(src, found.due.len() as u64, found.not_due);
+            not_due += found.not_due;
+            work.extend(found.due.into_iter().map(|row| (source.clone(), row)));
+        }
+        let mut report = self.run_work(work, keep, cancel, false, clock).await?;
+        report.not_due = not_due;
+        log_pass(&report);
+        Ok(report)
+    }
+
+    /// Runs `work` (less what `keep` refuses) as one pass that began at `clock`.
+    async fn run_work(
+        &self,
+        work: Vec<(Arc<dyn Source>, ScopeRow)>,
+        keep: PassFilter<'_>,
+        cancel: &CancellationToken,
+        wait_for_leases: bool,
+        (started, pass_start): (Instant, DateTime<Utc>),
+    ) -> Result<PassReport, StateError> {
+        let mut left_out = HashSet::new();
+        let work: Vec<_> = (work.into_iter())
+            .filter(|(s, r)| {
+                let kept = keep(s.kind(), r);
+                if !kept {
+                    left_out.insert((r.kind.clone(), r.id.clone()));
+                }
+                kept
+            })
+            .collect();
+        let mut outcomes = self
+            .run_all(work, cancel, LeaseMode::TryOnce, pass_start)
+            .await;
         if wait_for_leases && !cancel.is_cancelled() {
             let (leased, mut done): (Vec<_>, Vec<_>) = outcomes
                 .into_iter()
                 .partition(|(_, _, o)| matches!(o, ScopeOutcome::LeasedElsewhere));
             let retry = leased.into_iter().map(|(s, r, _)| (s, r)).collect();
-            done.extend(self.run_all(retry, cancel, LeaseMode::Wait).await);
+            done.extend(
+                self.run_all(retry, cancel, LeaseMode::Wait, pass_start)
+                    .await,
+            );
             outcomes = done;
         }
-        let report = self.summarise(outcomes, started).await?;
-        tracing::info!(
-            scopes = report.scopes,
-            succeeded = report.succeeded,
-            failed = report.failures.len(),
-            leased_elsewhere = report.leased_elsewhere,
-            windows = report.totals.windows,
-            pages = report.totals.pages,
-            records_new = report.totals.new,
-            records_duplicate = report.totals.duplicates,
-            elapsed_ms = report.elapsed_ms,
-            "pass complete: {}",
-            if report.ok() {
-                "archive current"
-            } else {
-                "some scopes not current (see status)"
-            }
-        );
-        Ok(report)
+        self.summarise(outcomes, &left_out, started).await
     }
 
     async fn run_all(
@@ -265,15 +343,42 @@ impl Scheduler {
         work: Vec<(Arc<dyn Source>, ScopeRow)>,
         cancel: &CancellationToken,
         mode: LeaseMode,
+        pass_start: DateTime<Utc>,
     ) -> Vec<(Arc<dyn Source>, ScopeRow, ScopeOutcome)> {
-        stream::iter(work)
+        let claims = self.batch_claims(&work, mode);
+        let claims = claims.as_ref();
+        let outcomes = stream::iter(work)
             .map(|(source, row)| async move {
-                let outcome = self.run_scope(source.as_ref(), &row, cancel, mode).await;
+                let outcome = self
+                    .run_scope(source.as_ref(), &row, cancel, mode, claims, pass_start)
+                    .await;
                 (source, row, outcome)
             })
             .buffer_unordered(self.export.concurrency)
             .collect()
-            .await
+            .await;
+        if let Some(claims) = claims {
+            claims.release_unused().await;
+        }
+        outcomes
+    }
+
+    /// A first try at every lease claims them in batches, in the order the exports start.
+    fn batch_claims(
+        &self,
+        work: &[(Arc<dyn Source>, ScopeRow)],
+        mode: LeaseMode,
+    ) -> Option<LeaseClaims> {
+        let keys = work.iter().map(|(s, r)| work_key(s.as_ref(), r)).collect();
+        matches!(mode, LeaseMode::TryOnce).then(|| {
+            LeaseClaims::new(
+                self.state.clone(),
+                self.owner.clone(),
+                self.export.lease_ttl,
+                self.export.concurrency,
+                keys,
+            )
+        })
     }
 
     async fn work_items(&self) -> Result<Vec<(Arc<dyn Source>, ScopeRow)>, StateError> {
@@ -296,13 +401,17 @@ impl Scheduler {
     async fn summarise(
         &self,
         outcomes: Vec<(Arc<dyn Source>, ScopeRow, ScopeOutcome)>,
+        left_out: &HashSet<(String, String)>,
         started: Instant,
     ) -> Result<PassReport, StateError> {
         let mut report = PassReport::default();
         let mut gone_ok: HashMap<(String, String), bool> = HashMap::new();
         for (source, row, outcome) in outcomes {
             report.scopes += 1;
-            let ok = matches!(outcome, ScopeOutcome::Done { .. });
+            let ok = matches!(
+                outcome,
+                ScopeOutcome::Done { .. } | ScopeOutcome::Vanished { .. }
+            );
             if row.gone_at.is_some() {
                 *gone_ok
                     .entry((row.kind.clone(), row.id.clone()))
@@ -310,6 +419,10 @@ impl Scheduler {
             }
             match outcome {
                 ScopeOutcome::Done { report: r, .. } => {
+                    report.succeeded += 1;
+                    merge(&mut report.totals, &r);
+                }
+                ScopeOutcome::Vanished { report: r, .. } => {
                     report.succeeded += 1;
                     merge(&mut report.totals, &r);
                 }
@@ -330,7 +443,7 @@ impl Scheduler {
             }
         }
         for ((kind, id), ok) in gone_ok {
-            if ok {
+            if ok && !left_out.contains(&(kind.clone(), id.clone())) {
                 self.state
                     .finish_final_sweep(&kind, &id, Utc::now())
                     .await?;
@@ -349,9 +462,15 @@ impl Scheduler {
         row: &ScopeRow,
         cancel: &CancellationToken,
         mode: LeaseMode,
+        claims: Option<&LeaseClaims>,
+        pass_start: DateTime<Utc>,
     ) -> ScopeOutcome {
-        let work_key = format!("{}/{}", source.kind(), row.id);
-        match self.acquire(&work_key, cancel, mode).await {
+        let work_key = work_key(source, row);
+        let acquired = match claims {
+            Some(claims) => claims.take(&work_key).await,
+            None => self.acquire(&work_key, cancel, mode).await,
+        };
+        match acquired {
             Ok(true) => {}
             Ok(false) => return ScopeOutcome::LeasedElsewhere,
             Err(e) => {
@@ -371,7 +490,16 @@ impl Scheduler {
             scope_cancel.clone(),
             lost.clone(),
         ));
-        let mut outcome = self.export_scope(source, row, &scope_cancel).await;
+        let mut outcome = self
+            .export_scope(source, row, &scope_cancel, pass_start)
+            .await;
+        if let ScopeOutcome::Done { windows, report } = &outcome {
+            // No window means another replica had just polled it: its schedule stands.
+            if *windows > 0 {
+                self.reschedule(source.kind().as_str(), &row.id, pass_start, report.new > 0)
+                    .await;
+            }
+        }
         heartbeat.abort();
         if lost.load(std::sync::atomic::Ordering::SeqCst) && !cancel.is_cancelled() {
             let scope = Scope {
@@ -390,6 +518,22 @@ impl Scheduler {
             tracing::warn!(work_key = %work_key, error = %e, "could not release lease; it expires by itself");
         }
         outcome
+    }
+
+    /// Writes when the scope is next due after its poll in the pass that began at
+    /// `pass_start`, under the lease. If this fails the old schedule stays, which is already
+    /// due or bounded by the previous poll: the scope is polled sooner, never later.
+    async fn reschedule(&self, src: &str, scope_id: &str, pass_start: DateTime<Utc>, new: bool) {
+        let policy = due::Policy::from_config(&self.export);
+        let polled_at = pass_start.timestamp_millis();
+        let written = async {
+            let prev = self.state.poll_schedule(src, scope_id).await?;
+            let next = policy.after_poll(prev.as_ref(), src, scope_id, polled_at, new);
+            self.state.set_poll_schedule(&next).await
+        };
+        if let Err(e) = written.await {
+            tracing::warn!(source = src, scope.id = %scope_id, error = %e, "could not store the poll schedule; the scope is polled again at the next pass");
+        }
     }
 
     /// Takes the lease; in `Wait` mode polls until the holder lets go or its lease expires.
@@ -424,6 +568,7 @@ impl Scheduler {
         source: &dyn Source,
         row: &ScopeRow,
         cancel: &CancellationToken,
+        pass_start: DateTime<Utc>,
     ) -> ScopeOutcome {
         let src = source.kind().as_str();
         let scope = Scope {
@@ -436,6 +581,12 @@ impl Scheduler {
             Ok(cp) => cp,
             Err(e) => return self.fail(src, &scope, None, e.to_string(), totals).await,
         };
+        if claims::covered_since(cp.as_ref(), &self.export, pass_start) {
+            return ScopeOutcome::Done {
+                windows: 0,
+                report: totals,
+            };
+        }
         for plan in plan_windows(cp.as_ref(), &self.export, Utc::now()) {
             if cancel.is_cancelled() {
                 return ScopeOutcome::Cancelled {
@@ -456,6 +607,9 @@ impl Scheduler {
                     crate::ops::metrics::window_archived(src, &plan, &report);
                     totals.add(&report);
                 }
+                Err(e) if row.gone_at.is_some() && is_not_found(&e) => {
+                    return self.vanished(src, &scope, e.to_string(), totals).await;
+                }
                 Err(e) => {
                     return self
                         .fail(src, &scope, Some(&plan.window), e.to_string(), totals)
@@ -465,6 +619,38 @@ impl Scheduler {
         }
         ScopeOutcome::Done {
             windows: totals.windows,
+            report: totals,
+        }
+    }
+
+    /// Ends the final sweep of a scope Graph no longer knows, loudly and on the audit log:
+    /// what was archived stays; what Graph still held and we had not fetched is out of reach.
+    async fn vanished(
+        &self,
+        src: &str,
+        scope: &Scope,
+        error: String,
+        totals: WindowTotals,
+    ) -> ScopeOutcome {
+        tracing::warn!(
+            source = src,
+            scope.kind = %scope.kind.as_str(),
+            scope.id = %scope.id,
+            error = %error,
+            "a departed scope no longer exists at Graph; its final sweep ends here (for deleted \
+             teams, teams.include_deleted_teams = true keeps their messages exportable)"
+        );
+        let entry = crate::state::AuditEntry {
+            action: "final_sweep_resource_gone".into(),
+            subject: format!("{src}/{}", scope.id),
+            detail: serde_json::json!({ "error": error }),
+            actor: self.owner.clone(),
+        };
+        if let Err(e) = self.state.audit(&entry).await {
+            tracing::warn!(error = %e, "could not audit the end of a final sweep");
+        }
+        ScopeOutcome::Vanished {
+            error,
             report: totals,
         }
     }
@@ -500,6 +686,32 @@ impl Scheduler {
             report: totals,
         }
     }
+}
+
+/// Graph answered 404 for the scope's resource (after retries, if any).
+fn is_not_found(e: &crate::ingest::IngestError) -> bool {
+    matches!(e, crate::ingest::IngestError::Graph(g) if g.status() == Some(404))
+}
+
+fn log_pass(report: &PassReport) {
+    tracing::info!(
+        scopes = report.scopes,
+        scopes_not_due = report.not_due,
+        succeeded = report.succeeded,
+        failed = report.failures.len(),
+        leased_elsewhere = report.leased_elsewhere,
+        windows = report.totals.windows,
+        pages = report.totals.pages,
+        records_new = report.totals.new,
+        records_duplicate = report.totals.duplicates,
+        elapsed_ms = report.elapsed_ms,
+        "pass complete: {}",
+        if report.ok() {
+            "archive current"
+        } else {
+            "some scopes not current (see status)"
+        }
+    );
 }
 
 fn merge(into: &mut WindowTotals, from: &WindowTotals) {
@@ -555,6 +767,8 @@ mod tests {
             lookback: Duration::from_secs(86_400),
             lookback_interval: Duration::from_secs(3600),
             poll_interval: Duration::from_secs(900),
+            max_staleness: Duration::from_secs(86_400),
+            idle_backoff: 1.5,
             concurrency: 4,
             write_concurrency: 4,
             lease_ttl: Duration::from_secs(600),
@@ -640,6 +854,24 @@ mod tests {
             Some(now - ChronoDuration::seconds(120))
         );
         assert!(plans[1].advance_to.is_none() && plans[1].lookback_done_at.is_some());
+    }
+
+    #[test]
+    fn a_scope_exported_since_the_pass_began_is_covered() {
+        let c = cfg();
+        let pass_start = Utc
+            .with_ymd_and_hms(2024, 6, 1, 12, 0, 0)
+            .single()
+            .expect("t");
+        let settle = ChronoDuration::seconds(120);
+        assert!(!claims::covered_since(None, &c, pass_start));
+        // Exported by the previous pass: this one has a window to do.
+        let earlier = cp(pass_start - ChronoDuration::minutes(20), Some(pass_start));
+        assert!(!claims::covered_since(Some(&earlier), &c, pass_start));
+        // Exported by another replica after this pass began.
+        let later = pass_start + ChronoDuration::seconds(5);
+        let done = cp(later - settle, Some(later));
+        assert!(claims::covered_since(Some(&done), &c, pass_start));
     }
 
     #[test]

@@ -8,6 +8,17 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// The `p`-th percentile (0..=100, nearest rank) of `v`; 0 for none.
+#[allow(dead_code)] // only the notifications bench reports percentiles
+pub fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let rank = (p / 100.0 * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
 pub struct Usage {
     pub cpu: Duration,
     pub max_rss_kib: i64,
@@ -16,15 +27,51 @@ pub struct Usage {
 /// Runs the archiver and reaps it with wait4 for its CPU time. Peak RSS comes from the
 /// process's own high-water mark (VmHWM), sampled while it runs: ru_maxrss would also count
 /// the parent's pages a spawned child shares until exec.
-// The child is reaped by wait4 (for its rusage), not by Child::wait.
-#[allow(clippy::zombie_processes)]
+#[allow(dead_code)] // the copilot bench runs its processes through run_children
 pub fn run_child(config: &std::path::Path) -> (i32, Usage) {
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_m365-archiver"))
+    reap(spawn_archiver(config))
+}
+
+/// Several `run --once` processes on the same configuration (replicas), started together;
+/// each one's exit code and usage, in start order.
+#[allow(dead_code)] // only the copilot bench runs replicas
+pub fn run_children(config: &std::path::Path, n: usize) -> Vec<(i32, Usage)> {
+    let children: Vec<std::process::Child> = (0..n).map(|_| spawn_archiver(config)).collect();
+    std::thread::scope(|scope| {
+        let reapers: Vec<_> = children
+            .into_iter()
+            .map(|child| scope.spawn(move || reap(child)))
+            .collect();
+        reapers
+            .into_iter()
+            .map(|r| r.join().expect("reaper thread"))
+            .collect()
+    })
+}
+
+fn spawn_archiver(config: &std::path::Path) -> std::process::Child {
+    spawn_command(config, &["run", "--once"])
+}
+
+/// As `run_child`, for another command of the archiver (`verify`, ...).
+#[allow(dead_code)] // only the scale bench runs other commands
+pub fn run_command(config: &std::path::Path, args: &[&str]) -> (i32, Usage) {
+    reap(spawn_command(config, args))
+}
+
+fn spawn_command(config: &std::path::Path, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_m365-archiver"))
         .arg("--config")
         .arg(config)
-        .args(["run", "--once"])
+        .args(args)
         .spawn()
-        .expect("spawn archiver");
+        .expect("spawn archiver")
+}
+
+/// Waits for `child` with wait4, sampling its VmHWM until it exits.
+// The child is reaped by wait4 (for its rusage), not by Child::wait.
+#[allow(clippy::zombie_processes)]
+fn reap(child: std::process::Child) -> (i32, Usage) {
     let pid = child.id() as libc::pid_t;
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = {

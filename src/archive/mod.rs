@@ -26,6 +26,14 @@ pub struct PutOptions {
     pub metadata: std::collections::BTreeMap<String, String>,
 }
 
+/// One object of a batched create-only write.
+#[derive(Debug, Clone)]
+pub struct PutItem {
+    pub key: String,
+    pub bytes: Bytes,
+    pub opts: PutOptions,
+}
+
 /// Mode of a time-based immutability policy. A Locked policy can be extended but never shortened
 /// or removed, by anyone; SEC 17a-4(f) needs Locked. Unlocked can still be changed by an
 /// administrator of the storage account.
@@ -136,6 +144,25 @@ pub trait ArchiveStore: Send + Sync {
         bytes: Bytes,
         opts: &PutOptions,
     ) -> Result<PutOutcome, StoreError>;
+    /// `put_create_only` for several objects: one result per item, in order, each durable
+    /// when this returns. Stores that can make a whole batch durable at once (one filesystem
+    /// sync instead of several per object) override it; the default runs `concurrency` puts
+    /// at a time.
+    async fn put_many_create_only(
+        &self,
+        items: Vec<PutItem>,
+        concurrency: usize,
+    ) -> Vec<Result<PutOutcome, StoreError>> {
+        use futures::StreamExt;
+        futures::stream::iter(items)
+            .map(|item| async move {
+                self.put_create_only(&item.key, item.bytes, &item.opts)
+                    .await
+            })
+            .buffered(concurrency.max(1))
+            .collect()
+            .await
+    }
     /// As `put_create_only` for content too large to hold in memory (meeting recordings):
     /// `file` is a complete local file whose sha256 is `opts.sha256`. The store publishes it
     /// create-only and may consume (move or link) the file.
@@ -151,6 +178,21 @@ pub trait ArchiveStore: Send + Sync {
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError>;
     /// Every key under `prefix` (recursively), sorted.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    /// `list` as a stream, in the same order, for listings too large to hold (`verify` over
+    /// millions of records). Stores that can page override it; this default holds the listing.
+    fn list_stream<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> futures::stream::BoxStream<'a, Result<String, StoreError>> {
+        use futures::StreamExt;
+        futures::stream::once(self.list(prefix))
+            .map(|listed| match listed {
+                Ok(keys) => futures::stream::iter(keys.into_iter().map(Ok)).left_stream(),
+                Err(e) => futures::stream::iter([Err(e)]).right_stream(),
+            })
+            .flatten()
+            .boxed()
+    }
     /// sha256 and size of the stored bytes, read in bounded memory (verification of
     /// multi-gigabyte recordings); None when nothing is stored under `key`.
     async fn hash(&self, key: &str) -> Result<Option<(String, u64)>, StoreError> {

@@ -13,15 +13,26 @@
 //!   information, not as tampering.
 //!
 //! The extra-object scan needs the whole archive, so it runs only without `--since`/`--user`.
+//!
+//! Memory stays bounded whatever the archive's size: the catalogue is read page by page, a
+//! manifest's entries are looked up in the catalogue by record identity, and the extra-object
+//! scan merges the store's sorted listing with the catalogue and manifest table streamed in the
+//! same order. Only the disposed keys, and manifest entries whose identity cannot be read back
+//! from their key (content objects, names hashed for length), are held until the scan.
 
 use super::ComplianceError;
 use crate::archive::{keys, sha256_hex, ArchiveStore};
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, ManifestEntry};
 use crate::ops::progress::Progress;
 use crate::state::{CatalogueEntry, ManifestRow, StateDb};
 use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use std::collections::{HashMap, HashSet};
+
+mod pending;
+#[cfg(test)]
+mod tests;
+use pending::Pending;
 
 const PAGE: i64 = 1000;
 /// Objects read and hashed at once.
@@ -114,13 +125,8 @@ pub struct Verifier<'a> {
     pub store: &'a dyn ArchiveStore,
 }
 
-/// What the catalogue walk learned, for the manifest and extra checks.
-#[derive(Default)]
-struct Known {
-    /// storage key -> catalogued sha256.
-    catalogued: HashMap<String, String>,
-    disposed: HashSet<String>,
-}
+/// Storage keys whose disposition completed: expected absent from the store.
+type Disposed = HashSet<String>;
 
 impl Verifier<'_> {
     pub async fn run(&self, opts: &VerifyOptions) -> Result<VerifyReport, ComplianceError> {
@@ -134,23 +140,29 @@ impl Verifier<'_> {
         };
         let total = self.state.catalogue_count(None).await?.max(0) as u64;
         let progress = Progress::new("verifying", (report.extra_scan).then_some(total));
-        let mut known = Known {
-            disposed: self.state.disposed_keys().await?.into_iter().collect(),
-            ..Default::default()
-        };
+        let disposed: Disposed = self.state.disposed_keys().await?.into_iter().collect();
         self.check_records(
             opts.since,
             scope.as_deref(),
-            &mut known,
+            &disposed,
             &mut report,
             &progress,
         )
         .await?;
-        self.check_manifests(opts.since, scope.as_deref(), &known, &mut report)
-            .await?;
+        let mut pending = Pending::default();
+        self.check_manifests(
+            opts.since,
+            scope.as_deref(),
+            &disposed,
+            &mut pending,
+            &mut report,
+        )
+        .await?;
         if report.extra_scan {
-            self.check_extras(&known, &mut report).await?;
+            self.check_extras(&disposed, &mut pending, &mut report)
+                .await?;
         }
+        pending.finish(&mut report);
         progress.finish("verification finished");
         Ok(report)
     }
@@ -172,7 +184,7 @@ impl Verifier<'_> {
         &self,
         since: Option<DateTime<Utc>>,
         scope: Option<&str>,
-        known: &mut Known,
+        disposed: &Disposed,
         report: &mut VerifyReport,
         progress: &Progress,
     ) -> Result<(), ComplianceError> {
@@ -187,7 +199,7 @@ impl Verifier<'_> {
             };
             after = Some(last);
             let results: Vec<(CatalogueEntry, Option<(String, u64)>)> = stream::iter(page)
-                .filter(|e| std::future::ready(!known.disposed.contains(&e.storage_key)))
+                .filter(|e| std::future::ready(!disposed.contains(&e.storage_key)))
                 .map(|e| async move {
                     let hash = self.store.hash(&e.storage_key).await?;
                     Ok::<_, ComplianceError>((e, hash))
@@ -199,10 +211,9 @@ impl Verifier<'_> {
                 report.records_checked += 1;
                 progress.inc(1);
                 judge_record(&entry, hash.as_ref(), report);
-                known.catalogued.insert(entry.storage_key, entry.sha256);
             }
         }
-        report.disposed = known.disposed.len() as u64;
+        report.disposed = disposed.len() as u64;
         Ok(())
     }
 
@@ -210,7 +221,8 @@ impl Verifier<'_> {
         &self,
         since: Option<DateTime<Utc>>,
         scope: Option<&str>,
-        known: &Known,
+        disposed: &Disposed,
+        pending: &mut Pending,
         report: &mut VerifyReport,
     ) -> Result<(), ComplianceError> {
         for (source, scope_id) in self.state.manifest_scopes().await? {
@@ -224,7 +236,7 @@ impl Verifier<'_> {
                 .filter(|r| since.is_none_or(|s| r.created_at >= s))
             {
                 report.manifests_checked += 1;
-                self.check_manifest(row, known, report).await?;
+                self.check_manifest(row, disposed, pending, report).await?;
             }
         }
         Ok(())
@@ -233,7 +245,8 @@ impl Verifier<'_> {
     async fn check_manifest(
         &self,
         row: &ManifestRow,
-        known: &Known,
+        disposed: &Disposed,
+        pending: &mut Pending,
         report: &mut VerifyReport,
     ) -> Result<(), ComplianceError> {
         let key = &row.storage_key;
@@ -268,51 +281,92 @@ impl Verifier<'_> {
                 "manifest content disagrees with its committed row",
             ));
         }
-        for entry in &manifest.records {
-            if known.disposed.contains(&entry.key) {
-                continue;
-            }
-            let catalogued = match known.catalogued.get(&entry.key) {
+        let entries: Vec<&ManifestEntry> = manifest
+            .records
+            .iter()
+            .filter(|e| !disposed.contains(&e.key))
+            .collect();
+        let catalogued = self.catalogued(&manifest.source, &entries).await?;
+        for entry in entries {
+            let sha = match catalogued.get(entry.key.as_str()) {
                 Some(sha) => Some(sha.clone()),
-                // Scoped runs know only their scope's rows: read the object instead.
+                // Scoped runs have no scan to settle the rest: read the object instead.
                 None if !report.extra_scan => {
                     self.store.hash(&entry.key).await?.map(|(sha, _)| sha)
                 }
-                None => None,
+                None => {
+                    pending.add(&entry.key, key, &entry.sha256);
+                    continue;
+                }
             };
-            match catalogued {
-                None => report.unchained.push(finding(
-                    &entry.key,
-                    &format!("listed in manifest {key} but not catalogued"),
-                )),
-                Some(sha) if sha != entry.sha256 => report.unchained.push(finding(
-                    &entry.key,
-                    &format!("manifest {key} records another sha256"),
-                )),
-                Some(_) => {}
-            }
+            judge_entry(key, &entry.key, &entry.sha256, sha.as_deref(), report);
         }
         Ok(())
     }
 
+    /// The catalogued sha256 of each entry found through its record identity (source, record
+    /// key, etag): the key of a record names it (`keys::record_storage_key`), so this needs no
+    /// index on storage keys. Entries it cannot find wait for the extra-object scan.
+    async fn catalogued(
+        &self,
+        source: &str,
+        entries: &[&ManifestEntry],
+    ) -> Result<HashMap<String, String>, ComplianceError> {
+        let versions: Vec<(String, String)> = entries
+            .iter()
+            .filter_map(|e| Some((record_key_of(source, &e.key, &e.etag)?, e.etag.clone())))
+            .collect();
+        let found = self.state.catalogue_objects(source, &versions).await?;
+        Ok(found.into_values().collect())
+    }
+
+    /// Merges the store's sorted listings with the catalogue and the manifest table, streamed
+    /// in the same order; the catalogue stream also settles the pending manifest entries.
     async fn check_extras(
         &self,
-        known: &Known,
+        disposed: &Disposed,
+        pending: &mut Pending,
         report: &mut VerifyReport,
     ) -> Result<(), ComplianceError> {
-        for key in self.store.list("records/").await? {
-            if !known.catalogued.contains_key(&key) {
-                let problem = if known.disposed.contains(&key) {
-                    "disposed of, but still in the store"
-                } else {
-                    "in the store but not in the catalogue"
-                };
-                report.extra.push(finding(&key, problem));
+        let mut catalogue = self.state.catalogue_by_storage_key();
+        let mut next = catalogue.try_next().await?;
+        let mut stored = self.store.list_stream("records/");
+        while let Some(key) = stored.try_next().await? {
+            while let Some((k, sha)) = next.as_ref().filter(|(k, _)| *k < key) {
+                pending.settle(k, sha);
+                next = catalogue.try_next().await?;
+            }
+            let catalogued = next.as_ref().is_some_and(|(k, _)| *k == key);
+            if disposed.contains(&key) {
+                report
+                    .extra
+                    .push(finding(&key, "disposed of, but still in the store"));
+            } else if !catalogued {
+                report
+                    .extra
+                    .push(finding(&key, "in the store but not in the catalogue"));
             }
         }
-        let committed: HashSet<String> = self.committed_manifest_keys().await?;
-        for key in self.store.list("manifests/").await? {
-            if committed.contains(&key) {
+        while let Some((k, sha)) = next {
+            pending.settle(&k, &sha);
+            next = catalogue.try_next().await?;
+        }
+        drop(catalogue);
+        self.check_manifest_extras(report).await
+    }
+
+    async fn check_manifest_extras(
+        &self,
+        report: &mut VerifyReport,
+    ) -> Result<(), ComplianceError> {
+        let mut committed = self.state.manifest_keys_sorted();
+        let mut next = committed.try_next().await?;
+        let mut stored = self.store.list_stream("manifests/");
+        while let Some(key) = stored.try_next().await? {
+            while next.as_ref().is_some_and(|k| *k < key) {
+                next = committed.try_next().await?;
+            }
+            if next.as_deref() == Some(key.as_str()) {
                 continue;
             }
             if self.is_interrupted_commit(&key).await? {
@@ -325,20 +379,6 @@ impl Verifier<'_> {
             }
         }
         Ok(())
-    }
-
-    async fn committed_manifest_keys(&self) -> Result<HashSet<String>, ComplianceError> {
-        let mut out = HashSet::new();
-        for (source, scope) in self.state.manifest_scopes().await? {
-            out.extend(
-                self.state
-                    .manifests(&source, &scope)
-                    .await?
-                    .into_iter()
-                    .map(|r| r.storage_key),
-            );
-        }
-        Ok(out)
     }
 
     /// A manifest the ingest stored and then could not commit carries the start of its own
@@ -367,6 +407,39 @@ fn judge_record(entry: &CatalogueEntry, hash: Option<&(String, u64)>, report: &m
         )),
         Some(_) => {}
     }
+}
+
+/// A manifest entry against the catalogue's sha256 for its key (None: not catalogued).
+fn judge_entry(
+    manifest: &str,
+    key: &str,
+    recorded: &str,
+    catalogued: Option<&str>,
+    report: &mut VerifyReport,
+) {
+    match catalogued {
+        None => report.unchained.push(finding(
+            key,
+            &format!("listed in manifest {manifest} but not catalogued"),
+        )),
+        Some(sha) if sha != recorded => report.unchained.push(finding(
+            key,
+            &format!("manifest {manifest} records another sha256"),
+        )),
+        Some(_) => {}
+    }
+}
+
+/// The record key a record's storage key was made from (`keys::record_storage_key`), when
+/// the key reads back to exactly that; None for other objects and names hashed for length.
+fn record_key_of(source: &str, key: &str, etag: &str) -> Option<String> {
+    let rest = key
+        .strip_prefix("records/")?
+        .strip_prefix(source)?
+        .strip_prefix('/')?;
+    let suffix = format!("@{}.json", keys::segment(etag));
+    let record_key = rest.strip_suffix(&suffix)?;
+    (keys::record_storage_key(source, record_key, etag) == key).then(|| record_key.to_string())
 }
 
 /// The committed rows of one (source, scope) must form one chain: seq 1, 2, 3... each

@@ -3,10 +3,15 @@
 //! take from that resource's own budget (Graph: 4 rps per app per team, 1 rps per app per
 //! chat or channel), or a single team's export would be throttled while the tenant budget
 //! has room.
+//!
+//! Replicas sharing one tenant split the tenant-wide budgets (interactions, messages, other)
+//! evenly: each runs at `budget / live replicas`, set through [`RateBudget::set_replicas`]. The
+//! per-team and per-chat budgets are not split: they are per resource, and leases keep a team
+//! (or a user's chats) with one replica at a time.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -50,6 +55,29 @@ impl Default for Budgets {
     }
 }
 
+impl Budgets {
+    /// One replica's share when `replicas` share the tenant: the tenant-wide budgets divided
+    /// evenly, the per-team and per-chat ones unchanged (0 counts as 1).
+    pub fn split(&self, replicas: u32) -> Budgets {
+        let n = f64::from(replicas.max(1));
+        Budgets {
+            interactions_rps: self.interactions_rps / n,
+            messages_rps: self.messages_rps / n,
+            other_rps: self.other_rps / n,
+            ..self.clone()
+        }
+    }
+}
+
+/// What one replica may send now: its share of the configured budgets.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BudgetShare {
+    /// Live replicas the tenant-wide budgets are divided by (1: this process alone).
+    pub replicas: u32,
+    /// The budgets in force in this process (`configured.split(replicas)`).
+    pub budgets: Budgets,
+}
+
 /// A team or chat with a budget of its own, recognised in a request path.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Resource {
@@ -79,12 +107,46 @@ impl Resource {
     }
 }
 
-/// One evenly spaced limiter per endpoint class.
+/// The tenant-wide limiters of one share; replaced whole when the share changes (a governor
+/// quota is fixed per limiter).
 #[derive(Debug)]
-pub(crate) struct RateBudget {
+struct TenantLimiters {
+    share: BudgetShare,
     interactions: DefaultDirectRateLimiter,
     messages: DefaultDirectRateLimiter,
     other: DefaultDirectRateLimiter,
+}
+
+impl TenantLimiters {
+    fn new(configured: &Budgets, replicas: u32) -> Result<Self, GraphError> {
+        let budgets = configured.split(replicas);
+        Ok(Self {
+            interactions: limiter("interactions_rps", budgets.interactions_rps)?,
+            messages: limiter("messages_rps", budgets.messages_rps)?,
+            other: limiter("other_rps", budgets.other_rps)?,
+            share: BudgetShare {
+                replicas: replicas.max(1),
+                budgets,
+            },
+        })
+    }
+
+    fn get(&self, endpoint: Endpoint) -> &DefaultDirectRateLimiter {
+        match endpoint {
+            Endpoint::Interactions => &self.interactions,
+            Endpoint::Messages => &self.messages,
+            Endpoint::Other => &self.other,
+        }
+    }
+}
+
+/// One evenly spaced limiter per endpoint class.
+#[derive(Debug)]
+pub(crate) struct RateBudget {
+    configured: Budgets,
+    /// Read on every request (an uncontended read lock and an Arc clone), written only when
+    /// the number of replicas changes.
+    tenant: RwLock<Arc<TenantLimiters>>,
     per_team_rps: f64,
     per_chat_rps: f64,
     /// One limiter per team or chat seen (a tenant has a bounded number of them).
@@ -97,13 +159,32 @@ impl RateBudget {
         limiter("per_team_rps", budgets.per_team_rps)?;
         limiter("per_chat_rps", budgets.per_chat_rps)?;
         Ok(Self {
-            interactions: limiter("interactions_rps", budgets.interactions_rps)?,
-            messages: limiter("messages_rps", budgets.messages_rps)?,
-            other: limiter("other_rps", budgets.other_rps)?,
+            tenant: RwLock::new(Arc::new(TenantLimiters::new(budgets, 1)?)),
+            configured: budgets.clone(),
             per_team_rps: budgets.per_team_rps,
             per_chat_rps: budgets.per_chat_rps,
             per_resource: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Divides the tenant-wide budgets by `replicas` from now on. Ok(false) if that was
+    /// already the share.
+    pub(crate) fn set_replicas(&self, replicas: u32) -> Result<bool, GraphError> {
+        let replicas = replicas.max(1);
+        if self.current().share.replicas == replicas {
+            return Ok(false);
+        }
+        let next = Arc::new(TenantLimiters::new(&self.configured, replicas)?);
+        *self.tenant.write().unwrap_or_else(|p| p.into_inner()) = next;
+        Ok(true)
+    }
+
+    pub(crate) fn share(&self) -> BudgetShare {
+        self.current().share.clone()
+    }
+
+    fn current(&self) -> Arc<TenantLimiters> {
+        Arc::clone(&self.tenant.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Waits for the next slot of `endpoint`'s budget, and of the team's or chat's that
@@ -113,12 +194,15 @@ impl RateBudget {
         if let Some(resource) = self.resource_limiter(path) {
             resource.until_ready().await;
         }
-        let limiter = match endpoint {
-            Endpoint::Interactions => &self.interactions,
-            Endpoint::Messages => &self.messages,
-            Endpoint::Other => &self.other,
-        };
-        limiter.until_ready().await;
+        loop {
+            let tenant = self.current();
+            tenant.get(endpoint).until_ready().await;
+            // The share changed while we waited: queue again at the new rate, or every request
+            // queued at the old rate would go out on top of the new share.
+            if Arc::ptr_eq(&tenant, &self.current()) {
+                return;
+            }
+        }
     }
 
     fn resource_limiter(&self, path: &str) -> Option<Arc<DefaultDirectRateLimiter>> {
@@ -230,5 +314,74 @@ mod tests {
             other.elapsed() < Duration::from_millis(40),
             "another team is not held back"
         );
+    }
+
+    #[test]
+    fn replicas_split_only_the_tenant_wide_budgets() {
+        let full = Budgets::default();
+        let third = full.split(3);
+        assert!((third.interactions_rps - 25.0 / 3.0).abs() < 1e-9);
+        assert!((third.messages_rps - 50.0).abs() < 1e-9);
+        assert!((third.other_rps - 25.0 / 3.0).abs() < 1e-9);
+        assert_eq!(third.per_team_rps, full.per_team_rps);
+        assert_eq!(third.per_chat_rps, full.per_chat_rps);
+        assert_eq!(full.split(0), full);
+        assert_eq!(full.split(1), full);
+        let budget = RateBudget::new(&full).expect("budget");
+        assert_eq!(budget.share().replicas, 1);
+        assert!(budget.set_replicas(3).expect("split"));
+        assert!(
+            !budget.set_replicas(3).expect("same"),
+            "no change, no rebuild"
+        );
+        assert_eq!(
+            budget.share(),
+            BudgetShare {
+                replicas: 3,
+                budgets: third
+            }
+        );
+        assert!(budget.set_replicas(0).expect("back to one"));
+        assert_eq!(budget.share().budgets, full);
+    }
+
+    /// Ten requests at 100 rps alone take ~90 ms; split four ways, ~360 ms. A request queued
+    /// before the split is paced by the new share too.
+    #[tokio::test]
+    async fn a_split_budget_paces_at_the_share() {
+        let budgets = Budgets {
+            interactions_rps: 100.0,
+            ..Budgets::default()
+        };
+        let budget = Arc::new(RateBudget::new(&budgets).expect("budget"));
+        let path = "/v1.0/copilot/users/u/interactionHistory/getAllEnterpriseInteractions";
+        let timed = |budget: Arc<RateBudget>| async move {
+            let started = std::time::Instant::now();
+            for _ in 0..10 {
+                budget.acquire(Endpoint::Interactions, path).await;
+            }
+            started.elapsed()
+        };
+        let alone = timed(budget.clone()).await;
+        assert!(alone < Duration::from_millis(300), "{alone:?}");
+        budget.set_replicas(4).expect("split");
+        let shared = timed(budget.clone()).await;
+        assert!(shared >= Duration::from_millis(340), "{shared:?}");
+        // A waiter on the old limiter when the share shrinks waits again at the new rate.
+        budget.set_replicas(1).expect("whole");
+        budget.acquire(Endpoint::Interactions, path).await;
+        let waiter = tokio::spawn({
+            let budget = budget.clone();
+            async move {
+                let started = std::time::Instant::now();
+                budget.acquire(Endpoint::Interactions, path).await;
+                budget.acquire(Endpoint::Interactions, path).await;
+                started.elapsed()
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        budget.set_replicas(10).expect("split");
+        let waited = waiter.await.expect("waiter");
+        assert!(waited >= Duration::from_millis(90), "{waited:?}");
     }
 }

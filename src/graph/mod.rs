@@ -16,6 +16,7 @@ mod page;
 mod retry;
 mod stats;
 mod token;
+mod write;
 
 #[cfg(test)]
 mod tests;
@@ -35,12 +36,13 @@ use url::Url;
 
 pub use assertion::AssertionForm;
 pub(crate) use assertion::CertSigner;
-pub use budget::{Budgets, Endpoint};
+pub use budget::{BudgetShare, Budgets, Endpoint};
 pub use error::{GraphError, PageError};
 pub use page::{parse_collection, Page, Record};
 pub use retry::RetryConfig;
 pub use stats::GraphStats;
 pub use token::Credential;
+pub use write::Idempotence;
 
 use budget::RateBudget;
 use error::{first_line, transport_error};
@@ -219,6 +221,17 @@ impl GraphClient {
             self.inner.billing.record(endpoint, e);
         }
         result
+    }
+
+    /// Divides the tenant-wide rate budgets by `replicas` live replicas from now on (0 counts
+    /// as 1). Ok(false) if that already was the share.
+    pub fn set_replicas(&self, replicas: u32) -> Result<bool, GraphError> {
+        self.inner.budget.set_replicas(replicas)
+    }
+
+    /// The budgets this process paces itself by now, and how many replicas share the tenant.
+    pub fn budget_share(&self) -> BudgetShare {
+        self.inner.budget.share()
     }
 
     /// A snapshot of the counters.

@@ -4,6 +4,7 @@
 //! poll interval. Polling windows run from each user's checkpoint, which never passes a record
 //! that is not archived, so a pass covers every notification that was lost.
 
+use chrono::{DateTime, Utc};
 use std::collections::BTreeSet;
 use std::sync::{Mutex, PoisonError};
 use tokio::sync::Notify;
@@ -20,6 +21,8 @@ pub enum CatchUpScope {
 pub struct CatchUp {
     pending: Mutex<Option<(CatchUpScope, Vec<String>)>>,
     notify: Notify,
+    /// When the latest request was made: polling must cover past it before it may relax.
+    last: Mutex<Option<DateTime<Utc>>>,
 }
 
 impl CatchUp {
@@ -35,8 +38,26 @@ impl CatchUp {
         };
         *p = Some(merged);
         drop(p);
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(Utc::now());
         tracing::info!(reason, "polling catch-up requested");
         self.notify.notify_one();
+    }
+
+    /// Puts back requests taken for a pass that turned out not to cover them (it left some
+    /// users for later); unlike `request`, the time of the latest trouble stays as it was.
+    pub fn restore(&self, scope: CatchUpScope, reasons: Vec<String>) {
+        let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        *p = Some(match p.take() {
+            None => (scope, reasons),
+            Some((newer, more)) => (merge(scope, newer), [reasons, more].concat()),
+        });
+        drop(p);
+        self.notify.notify_one();
+    }
+
+    /// When the latest request was made, if ever.
+    pub fn last_requested(&self) -> Option<DateTime<Utc>> {
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Takes what was requested so far, if anything.

@@ -6,12 +6,23 @@
 //! and answers 202; the worker (`worker`) decrypts each queued item and archives it through
 //! the same `Ingestor` and dedup as polling. Polling stays the completeness backstop: a
 //! notification only makes a record arrive sooner, never decides whether it arrives.
+//!
+//! `subscriptions` keeps the Graph subscriptions alive (one process, under a lease),
+//! `catchup` and `adaptive` decide when polling must run now and when it may wait, `runtime`
+//! wires all of it into the daemon, `settings` is the `[notifications]` section, `cert` makes
+//! the encryption certificate and `cli` shows the state to operators.
 
+pub mod adaptive;
 pub mod catchup;
+pub mod cert;
+pub mod cli;
 pub mod crypto;
 pub mod payload;
 pub mod queue;
 pub mod receiver;
+pub mod runtime;
+pub mod settings;
+pub mod subscriptions;
 pub mod tokens;
 pub mod worker;
 

@@ -83,6 +83,18 @@ pub enum Rejection {
     NothingAccepted { dropped: usize, first: String },
 }
 
+impl Rejection {
+    /// A short label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::Malformed(_) => "malformed",
+            Rejection::TooManyItems(_) => "too_many_items",
+            Rejection::Token(_) => "validation_token",
+            Rejection::NothingAccepted { .. } => "nothing_accepted",
+        }
+    }
+}
+
 /// Why one item was dropped.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ItemProblem {
@@ -105,6 +117,20 @@ pub enum ItemProblem {
     },
     #[error("decrypted resource data of subscription {subscription_id} is not a JSON object")]
     NotJson { subscription_id: String },
+}
+
+impl ItemProblem {
+    /// A short label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ItemProblem::Malformed(_) => "malformed_item",
+            ItemProblem::ClientState { .. } => "client_state",
+            ItemProblem::NoResourceData { .. } => "no_resource_data",
+            ItemProblem::UnknownCertificate { .. } => "unknown_certificate",
+            ItemProblem::Crypto { .. } => "decryption",
+            ItemProblem::NotJson { .. } => "not_json",
+        }
+    }
 }
 
 /// A decryption key and the certificate id it belongs to (several during rotation).
@@ -432,6 +458,152 @@ pub(crate) mod tests {
                                      "encryptionCertificateId": "c1"},
             });
             prop_assert!(verifier().check_post(&post(vec![item], vec![tok])).is_err());
+        }
+    }
+
+    /// A valid token, signed once: the fuzz cases below get past the token check.
+    fn valid_token() -> String {
+        static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        TOKEN.get_or_init(token).clone()
+    }
+
+    /// Field names the parser knows, so arbitrary structures reach its deeper paths.
+    fn json_key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "value",
+                "validationTokens",
+                "subscriptionId",
+                "clientState",
+                "changeType",
+                "lifecycleEvent",
+                "resource",
+                "tenantId",
+                "encryptedContent",
+                "data",
+                "dataKey",
+                "dataSignature",
+                "encryptionCertificateId",
+            ])
+            .prop_map(String::from),
+            ".{0,8}",
+        ]
+    }
+
+    /// Arbitrary JSON, with the strings a genuine post would hold among the leaves.
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::Value;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| serde_json::json!(f)),
+            prop_oneof![
+                prop::sample::select(vec![STATE, "c1", "created", "missed", "sub-1", "AAAA"])
+                    .prop_map(String::from),
+                Just(valid_token()),
+                ".{0,24}",
+            ]
+            .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(json_key(), inner, 0..7)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// `encryptedContent` sealed under the test certificate with a symmetric key of `sym_len`
+    /// bytes and a correct HMAC over arbitrary `data`: past RSA and the signature, into the
+    /// block cipher.
+    fn sealed(sym_len: usize, data: &[u8]) -> serde_json::Value {
+        use base64::{engine::general_purpose::STANDARD, Engine};
+        use hmac::Mac;
+        use rand::RngCore;
+        let mut sym = vec![0u8; sym_len];
+        rand::thread_rng().fill_bytes(&mut sym);
+        let wrapped = test_key()
+            .to_public_key()
+            .encrypt(
+                &mut rand::thread_rng(),
+                rsa::Oaep::new::<sha1::Sha1>(),
+                &sym,
+            )
+            .expect("fits an OAEP block");
+        let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(&sym).expect("any length");
+        mac.update(data);
+        serde_json::json!({
+            "data": STANDARD.encode(data), "dataKey": STANDARD.encode(wrapped),
+            "dataSignature": STANDARD.encode(mac.finalize().into_bytes()),
+            "encryptionCertificateId": "c1",
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+        /// Arbitrary JSON, as a whole body or as the items and tokens of a post, never panics;
+        /// whatever is accepted is a lifecycle item with our clientState or a change item that
+        /// decrypts (nothing unreadable is ever queued).
+        #[test]
+        fn arbitrary_json_structures_never_panic(
+            whole in json_value(),
+            items in prop::collection::vec(json_value(), 0..4),
+            tokens in json_value(),
+        ) {
+            let v = verifier();
+            let _ = v.check_post(&serde_json::to_vec(&whole).unwrap());
+            let body = serde_json::json!({"value": items, "validationTokens": tokens});
+            if let Ok(checked) = v.check_post(&serde_json::to_vec(&body).unwrap()) {
+                for a in checked.accepted {
+                    let raw: Box<RawValue> = serde_json::from_str(&a.raw).unwrap();
+                    let item = parse_item(&raw).unwrap();
+                    prop_assert_eq!(item.client_state.as_deref(), Some(STATE));
+                    if a.kind == ItemKind::Change {
+                        prop_assert!(v.decrypt(&item).is_ok());
+                    }
+                }
+            }
+        }
+
+        /// Past a valid token and the right clientState, arbitrary (well-formed base64)
+        /// resource data reaches the decryptor and is refused, never accepted or a panic.
+        #[test]
+        fn arbitrary_resource_data_past_the_token_is_refused(
+            data in prop::collection::vec(any::<u8>(), 0..300),
+            key in prop::collection::vec(any::<u8>(), 0..300),
+            sig in prop::collection::vec(any::<u8>(), 0..48),
+            cert in prop::option::of(prop_oneof![Just("c1".to_string()), ".{0,6}"]),
+        ) {
+            use base64::{engine::general_purpose::STANDARD, Engine};
+            let mut item = change(STATE, PLAIN);
+            item["encryptedContent"] = serde_json::json!({
+                "data": STANDARD.encode(&data), "dataKey": STANDARD.encode(&key),
+                "dataSignature": STANDARD.encode(&sig), "encryptionCertificateId": cert,
+            });
+            prop_assert!(verifier().check_post(&post(vec![item], vec![valid_token()])).is_err());
+        }
+
+        /// A genuine key and signature over arbitrary ciphertext, with a symmetric key of any
+        /// length: the decryptor answers an error (wrong key length, bad block length or
+        /// padding, not JSON) and never panics.
+        #[test]
+        fn sealed_arbitrary_ciphertext_never_panics(
+            sym_len in prop_oneof![Just(32usize), 0usize..64],
+            data in prop::collection::vec(any::<u8>(), 0..96),
+        ) {
+            let mut item = change(STATE, PLAIN);
+            item["encryptedContent"] = sealed(sym_len, &data);
+            let parsed: Item = serde_json::from_value(item.clone()).unwrap();
+            let res = verifier().decrypt(&parsed);
+            if sym_len != 32 {
+                prop_assert!(res.is_err());
+            }
+            if data.is_empty() || data.len() % 16 != 0 {
+                prop_assert!(res.is_err());
+            }
+            let _ = verifier().check_post(&post(vec![item], vec![valid_token()]));
         }
     }
 }

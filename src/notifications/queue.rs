@@ -204,7 +204,74 @@ impl NotificationQueue {
     }
 
     pub async fn subscription(&self, id: &str) -> Result<Option<SubscriptionRow>, StateError> {
-        Ok(self.subscriptions().await?.into_iter().find(|s| s.id == id))
+        let rows = sqlx::query(
+            "SELECT id, resource, user_id, expires_at, created_at, renewed_at, status, \
+             last_event, last_event_at, last_notification_at FROM subscriptions WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_all(self.state.pool())
+        .await
+        .map_err(StateError::op("subscription"))?;
+        rows.first().map(subscription_row).transpose()
+    }
+
+    /// The subscription is gone (deleted, replaced, or never created).
+    pub async fn delete_subscription(&self, id: &str) -> Result<(), StateError> {
+        let _slot = self.state.writer_slot().await;
+        sqlx::query("DELETE FROM subscriptions WHERE id = $1")
+            .bind(id)
+            .execute(self.state.pool())
+            .await
+            .map(|_| ())
+            .map_err(StateError::op("subscription_delete"))
+    }
+
+    /// A notification of this subscription was archived at `at`.
+    pub async fn touch_notification(&self, id: &str, at: DateTime<Utc>) -> Result<(), StateError> {
+        let _slot = self.state.writer_slot().await;
+        sqlx::query("UPDATE subscriptions SET last_notification_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(ms(at))
+            .execute(self.state.pool())
+            .await
+            .map(|_| ())
+            .map_err(StateError::op("subscription_touch"))
+    }
+
+    /// Records a lifecycle event, and the status it implies if any (the manager that holds
+    /// the subscriptions lease acts on the status, whichever process received the event).
+    pub async fn record_event(
+        &self,
+        id: &str,
+        event: &str,
+        status: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StateError> {
+        let _slot = self.state.writer_slot().await;
+        let done = sqlx::query(
+            "UPDATE subscriptions SET last_event = $2, last_event_at = $3, \
+             status = COALESCE($4, status) WHERE id = $1",
+        )
+        .bind(id)
+        .bind(event)
+        .bind(ms(at))
+        .bind(status)
+        .execute(self.state.pool())
+        .await
+        .map_err(StateError::op("subscription_event"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// When the oldest item still waiting was received (epoch ms), if any: a queue that does
+    /// not drain means notifications are not being archived.
+    pub async fn oldest_pending(&self) -> Result<Option<i64>, StateError> {
+        let row =
+            sqlx::query("SELECT MIN(received_at) AS oldest FROM notification_queue WHERE dead = 0")
+                .fetch_one(self.state.pool())
+                .await
+                .map_err(StateError::op("notification_oldest"))?;
+        row.try_get::<Option<i64>, _>("oldest")
+            .map_err(StateError::op("notification_oldest"))
     }
 }
 
@@ -289,6 +356,61 @@ mod tests {
         assert_eq!(q.claim("w2", 10, lease, later).await.unwrap().len(), 2);
         q.done(first[0].id).await.unwrap();
         assert_eq!(q.pending().await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn subscription_rows_record_events_and_notifications() {
+        let dir = tempfile::tempdir().unwrap();
+        subscription_rows(NotificationQueue::new(
+            testing::sqlite_in(dir.path()).await.unwrap(),
+        ))
+        .await;
+    }
+
+    #[tokio::test]
+    async fn subscription_rows_on_postgres_too() {
+        if let Some(db) = testing::fresh_postgres().await.unwrap() {
+            subscription_rows(NotificationQueue::new(db)).await;
+        }
+    }
+
+    async fn subscription_rows(q: NotificationQueue) {
+        let now = Utc::now();
+        assert_eq!(q.oldest_pending().await.unwrap(), None);
+        let row = SubscriptionRow {
+            id: "s1".into(),
+            resource: "/copilot/users/u/interactionHistory/getAllEnterpriseInteractions".into(),
+            user_id: Some("u".into()),
+            expires_at: 5,
+            created_at: 1,
+            renewed_at: None,
+            status: "active".into(),
+            last_event: None,
+            last_event_at: None,
+            last_notification_at: None,
+        };
+        q.put_subscription(&row).await.unwrap();
+        assert!(q.record_event("s1", "missed", None, now).await.unwrap());
+        let got = q.subscription("s1").await.unwrap().unwrap();
+        assert_eq!(
+            (got.status.as_str(), got.last_event.as_deref()),
+            ("active", Some("missed"))
+        );
+        q.record_event("s1", "subscriptionRemoved", Some("removed"), now)
+            .await
+            .unwrap();
+        q.touch_notification("s1", now).await.unwrap();
+        let got = q.subscription("s1").await.unwrap().unwrap();
+        assert_eq!(got.status, "removed");
+        assert_eq!(got.last_notification_at, Some(now.timestamp_millis()));
+        assert!(!q.record_event("nope", "missed", None, now).await.unwrap());
+        q.enqueue(&[accepted("s1")], now).await.unwrap();
+        assert_eq!(
+            q.oldest_pending().await.unwrap(),
+            Some(now.timestamp_millis())
+        );
+        q.delete_subscription("s1").await.unwrap();
+        assert!(q.subscription("s1").await.unwrap().is_none());
     }
 
     #[tokio::test]

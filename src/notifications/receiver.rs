@@ -11,6 +11,7 @@
 
 use super::payload::{Rejection, Verifier};
 use super::queue::NotificationQueue;
+use crate::ops::metrics;
 use axum::body::{to_bytes, Body};
 use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -80,6 +81,7 @@ async fn handle(State(rx): State<Receiver>, Query(q): Query<Handshake>, req: Req
         }
         Ok(Err(refusal)) => refusal.into_response_logged(&path),
         Err(_) => {
+            metrics::notification_refused("timeout");
             tracing::warn!(
                 path,
                 deadline_ms = rx.limits.deadline.as_millis() as u64,
@@ -131,6 +133,12 @@ impl Refusal {
             // Not the caller's fault: a 5xx makes Graph retry later.
             Refusal::Queue(_) | Refusal::Task(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
+        metrics::notification_refused(match &self {
+            Refusal::Body => "body_too_large",
+            Refusal::Rejected(r) => r.reason(),
+            Refusal::Queue(_) => "queue_unavailable",
+            Refusal::Task(_) => "internal",
+        });
         tracing::warn!(path, status = status.as_u16(), reason = %self, "notification post refused");
         status.into_response()
     }
@@ -148,6 +156,8 @@ async fn accept(rx: &Receiver, body: Body) -> Result<usize, Refusal> {
     rx.queue
         .enqueue(&checked.accepted, chrono::Utc::now())
         .await?;
+    let dropped: Vec<&'static str> = checked.dropped.iter().map(|p| p.reason()).collect();
+    metrics::notification_post(checked.accepted.len(), &dropped);
     Ok(checked.accepted.len())
 }
 

@@ -8,6 +8,7 @@ use super::payload::{parse_item, ItemKind, Verifier};
 use super::queue::{NotificationQueue, QueuedItem};
 use crate::graph::Record;
 use crate::ingest::{IngestError, Ingestor, WindowReport};
+use crate::ops::metrics;
 use crate::sources::copilot::CopilotSource;
 use crate::sources::{Scope, ScopeKind};
 use crate::state::StateError;
@@ -61,6 +62,9 @@ pub struct Worker {
     pub owner: String,
     pub catch_up: Arc<CatchUp>,
     pub lifecycle: Option<mpsc::UnboundedSender<LifecycleEvent>>,
+    /// Ask polling at once for an item without a user. Off in tenant mode, where every
+    /// aiResponse is such an item and the (then unrelaxed) regular polling archives them.
+    pub unattributed_catch_up: bool,
 }
 
 #[derive(Deserialize)]
@@ -119,19 +123,36 @@ impl Worker {
     async fn finish(&self, item: &QueuedItem, outcome: Outcome) -> Result<(), StateError> {
         match outcome {
             Outcome::Archived { new } => {
-                let latency_ms = chrono::Utc::now().timestamp_millis() - item.received_at;
+                let now = chrono::Utc::now();
+                let latency_ms = now.timestamp_millis() - item.received_at;
                 tracing::debug!(
                     queue.id = item.id,
                     new,
                     queue.latency_ms = latency_ms,
                     "notification archived"
                 );
+                metrics::notification_processed(if new { "archived" } else { "duplicate" });
+                if let Err(e) = self
+                    .queue
+                    .touch_notification(&item.subscription_id, now)
+                    .await
+                {
+                    tracing::debug!(error = %e, "cannot record the notification time");
+                }
             }
-            Outcome::Lifecycle(ev) => self.lifecycle(ev),
-            Outcome::Unattributed => self.catch_up.request(
-                CatchUpScope::All,
-                "an interaction's user could not be identified from its notification",
-            ),
+            Outcome::Lifecycle(ev) => {
+                metrics::notification_processed("lifecycle");
+                self.lifecycle(ev)
+            }
+            Outcome::Unattributed => {
+                metrics::notification_processed("unattributed");
+                if self.unattributed_catch_up {
+                    self.catch_up.request(
+                        CatchUpScope::All,
+                        "an interaction's user could not be identified from its notification",
+                    )
+                }
+            }
         }
         self.queue.done(item.id).await
     }
@@ -153,6 +174,7 @@ impl Worker {
         let dead = item.attempts + 1 >= MAX_ATTEMPTS || matches!(e, WorkerError::Unreadable { .. });
         let delay = Duration::from_secs(1 << item.attempts.clamp(0, 6));
         tracing::warn!(queue.id = item.id, attempts = item.attempts + 1, gave_up = dead, error = %e, "notification not archived");
+        metrics::notification_processed(if dead { "gave_up" } else { "retry" });
         if dead {
             self.catch_up
                 .request(CatchUpScope::All, "a notification could not be archived");
@@ -205,6 +227,7 @@ impl Worker {
     }
 
     async fn archive(&self, user: String, plain: Vec<u8>) -> Result<Outcome, WorkerError> {
+        let created = created_at(&plain);
         let scope = Scope {
             kind: ScopeKind::User,
             id: user,
@@ -226,10 +249,26 @@ impl Worker {
                 &mut report,
             )
             .await?;
+        if let Some(latency) = created.and_then(|c| (chrono::Utc::now() - c).to_std().ok()) {
+            metrics::notification_latency("copilot", latency);
+        }
         Ok(Outcome::Archived {
             new: report.new > 0,
         })
     }
+}
+
+/// `createdDateTime` of a decrypted interaction, for the latency histogram.
+fn created_at(plain: &[u8]) -> Option<chrono::DateTime<chrono::Utc>> {
+    #[derive(Deserialize)]
+    struct Created<'a> {
+        #[serde(rename = "createdDateTime", borrow)]
+        created: Option<std::borrow::Cow<'a, str>>,
+    }
+    let c: Created = serde_json::from_slice(plain).ok()?;
+    chrono::DateTime::parse_from_rfc3339(&c.created?)
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
 }
 
 #[cfg(test)]
@@ -261,6 +300,7 @@ mod tests {
             owner: "test".into(),
             catch_up: Arc::new(CatchUp::default()),
             lifecycle: None,
+            unattributed_catch_up: true,
         };
         Rig { worker, _dir: dir }
     }

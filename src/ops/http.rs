@@ -48,6 +48,8 @@ pub struct Probes {
     pub store: Arc<dyn ArchiveStore>,
     pub liveness: Arc<Liveness>,
     pub ready: Arc<AtomicBool>,
+    /// With change notifications: true while their receiver listens.
+    pub receiver_up: Option<Arc<AtomicBool>>,
 }
 
 /// Binds first (so a taken port fails the start, before systemd hears READY=1).
@@ -108,6 +110,12 @@ async fn healthz(State(p): State<Probes>) -> Response {
 async fn readyz(State(p): State<Probes>) -> Response {
     if !p.ready.load(Ordering::SeqCst) {
         return unavailable("starting: migrations and store checks not finished");
+    }
+    if p.receiver_up
+        .as_ref()
+        .is_some_and(|up| !up.load(Ordering::SeqCst))
+    {
+        return unavailable("change-notification receiver not listening");
     }
     match tokio::time::timeout(PROBE_TIMEOUT, p.state.ping()).await {
         Ok(Ok(())) => {}

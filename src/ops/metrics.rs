@@ -9,7 +9,7 @@
 //! can never disagree with `GraphClient::stats()`.
 
 use crate::archive::{PutOutcome, StoreError};
-use crate::graph::GraphStats;
+use crate::graph::{BudgetShare, GraphStats};
 use crate::ingest::{WindowPlan, WindowReport};
 use crate::ops::overview::Overview;
 use crate::ops::systemd;
@@ -43,8 +43,19 @@ pub mod names {
     pub const SCOPES: &str = "m365_archiver_scopes";
     pub const LAG_MAX: &str = "m365_archiver_lag_seconds_max";
     pub const NOTIFICATION_LATENCY: &str = "m365_archiver_notification_latency_seconds";
+    pub const NOTIFICATIONS_RECEIVED: &str = "m365_archiver_notification_posts_total";
+    pub const NOTIFICATIONS_ACCEPTED: &str = "m365_archiver_notifications_accepted_total";
+    pub const NOTIFICATIONS_REJECTED: &str = "m365_archiver_notifications_rejected_total";
+    pub const NOTIFICATIONS_QUEUED: &str = "m365_archiver_notifications_queued_total";
+    pub const NOTIFICATIONS_PROCESSED: &str = "m365_archiver_notifications_processed_total";
+    pub const SUBSCRIPTIONS: &str = "m365_archiver_subscriptions";
+    pub const SUBSCRIPTION_CHANGES: &str = "m365_archiver_subscription_changes_total";
+    pub const POLLS_SKIPPED: &str = "m365_archiver_polls_skipped_total";
+    pub const PASS_SCOPES: &str = "m365_archiver_pass_scopes";
     pub const READY: &str = "m365_archiver_ready";
     pub const BUILD_INFO: &str = "m365_archiver_build_info";
+    pub const REPLICAS: &str = "m365_archiver_replicas";
+    pub const RATE_BUDGET: &str = "m365_archiver_rate_budget_requests_per_second";
 }
 use names::*;
 
@@ -212,6 +223,12 @@ pub fn describe() {
         Unit::Seconds,
         "From a record's creation to its archiving through a change notification, by source."
     );
+    describe_notifications();
+    describe_gauge!(
+        PASS_SCOPES,
+        "Active scopes in the last daemon pass by source and schedule: due (polled) or not_due \
+         (left for a later pass by the activity-based schedule under export.max_staleness)."
+    );
     describe_gauge!(
         READY,
         "1 once migrations ran and the store and Graph checks passed."
@@ -219,6 +236,14 @@ pub fn describe() {
     describe_gauge!(
         BUILD_INFO,
         "Always 1; the version label tells which build runs."
+    );
+    describe_gauge!(
+        REPLICAS,
+        "Live replicas sharing the tenant's rate budget, as this replica last counted them."
+    );
+    describe_gauge!(
+        RATE_BUDGET,
+        "This replica's share of the tenant-wide Graph budget, by endpoint class."
     );
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     gauge!(READY).set(0.0);
@@ -306,6 +331,98 @@ pub fn pass_done(ok: bool, overview: &Overview) {
             gauge!(SCOPES, "source" => src.clone(), "state" => state).set(n as f64);
         }
         gauge!(LAG_MAX, "source" => src).set(s.max_lag_seconds.unwrap_or(0) as f64);
+    }
+}
+
+/// After the number of live replicas changed (and at start): this replica's share.
+pub fn budget_share(share: &BudgetShare) {
+    gauge!(REPLICAS).set(f64::from(share.replicas));
+    let b = &share.budgets;
+    for (endpoint, rps) in [
+        ("interactions", b.interactions_rps),
+        ("messages", b.messages_rps),
+        ("other", b.other_rps),
+    ] {
+        gauge!(RATE_BUDGET, "endpoint" => endpoint).set(rps);
+    }
+}
+
+fn describe_notifications() {
+    describe_counter!(
+        NOTIFICATIONS_RECEIVED,
+        "Change-notification posts received by the webhook, by outcome (queued, refused)."
+    );
+    describe_counter!(
+        NOTIFICATIONS_ACCEPTED,
+        "Notification items that passed every check (clientState, tokens, signature)."
+    );
+    describe_counter!(
+        NOTIFICATIONS_REJECTED,
+        "Notification posts refused or items dropped, by reason."
+    );
+    describe_counter!(
+        NOTIFICATIONS_QUEUED,
+        "Notification items committed to the durable queue (answered 202)."
+    );
+    describe_counter!(
+        NOTIFICATIONS_PROCESSED,
+        "Queued notification items processed, by outcome (archived, duplicate, lifecycle, unattributed, retry, gave_up)."
+    );
+    describe_gauge!(
+        SUBSCRIPTIONS,
+        "Change-notification subscriptions by status (active, failed, removed, reauthorize)."
+    );
+    describe_counter!(
+        SUBSCRIPTION_CHANGES,
+        "Subscription operations, by event (created, renewed, reauthorized, deleted, failed)."
+    );
+    describe_counter!(
+        POLLS_SKIPPED,
+        "Scope polls skipped because change notifications were healthy for that scope (each saves at least one Graph request), by source."
+    );
+}
+
+/// A notification post that was queued: `accepted` items, and the reasons of dropped ones.
+pub fn notification_post(accepted: usize, dropped: &[&'static str]) {
+    counter!(NOTIFICATIONS_RECEIVED, "outcome" => "queued").increment(1);
+    counter!(NOTIFICATIONS_ACCEPTED).increment(accepted as u64);
+    counter!(NOTIFICATIONS_QUEUED).increment(accepted as u64);
+    for reason in dropped {
+        counter!(NOTIFICATIONS_REJECTED, "reason" => *reason).increment(1);
+    }
+}
+
+/// A notification post refused as a whole.
+pub fn notification_refused(reason: &'static str) {
+    counter!(NOTIFICATIONS_RECEIVED, "outcome" => "refused").increment(1);
+    counter!(NOTIFICATIONS_REJECTED, "reason" => reason).increment(1);
+}
+
+/// One queued item processed by the worker.
+pub fn notification_processed(outcome: &'static str) {
+    counter!(NOTIFICATIONS_PROCESSED, "outcome" => outcome).increment(1);
+}
+
+/// Subscriptions by status, as the manager last saw them.
+pub fn subscriptions(by_status: &[(&'static str, usize)]) {
+    for (status, n) in by_status {
+        gauge!(SUBSCRIPTIONS, "status" => *status).set(*n as f64);
+    }
+}
+
+pub fn subscription_change(event: &str) {
+    counter!(SUBSCRIPTION_CHANGES, "event" => event.to_string()).increment(1);
+}
+
+/// Scopes of `source` not polled in a pass because notifications covered them.
+pub fn polls_skipped(source: &str, n: u64) {
+    counter!(POLLS_SKIPPED, "source" => source.to_string()).increment(n);
+}
+
+/// How many scopes of `source` the last daemon pass found due, and how many it left for later.
+pub fn pass_schedule(source: &str, due: u64, not_due: u64) {
+    for (schedule, n) in [("due", due), ("not_due", not_due)] {
+        gauge!(PASS_SCOPES, "source" => source.to_string(), "schedule" => schedule).set(n as f64);
     }
 }
 

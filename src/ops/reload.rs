@@ -6,8 +6,8 @@
 //! next run), `log.level` (at once) and the retention rules (for records written from then on;
 //! nothing already written is touched). Everything that shapes connections or storage (graph.*,
 //! state.*, store.*, export.sources, export.page_size, export.write_concurrency, log.format,
-//! metrics.*, service.*, teams.*) needs a restart; a reload that changes those says so and keeps
-//! the old values.
+//! metrics.*, service.*, teams.*, notifications.*) needs a restart; a reload that changes those
+//! says so and keeps the old values.
 
 use crate::app::App;
 use crate::config::{self, Config, ExportConfig};
@@ -121,6 +121,8 @@ pub fn diff(old: &Config, new: &Config) -> ReloadOutcome {
             o.lookback_interval != n.lookback_interval,
         ),
         ("export.poll_interval", o.poll_interval != n.poll_interval),
+        ("export.max_staleness", o.max_staleness != n.max_staleness),
+        ("export.idle_backoff", o.idle_backoff != n.idle_backoff),
         ("export.concurrency", o.concurrency != n.concurrency),
         ("export.lease_ttl", o.lease_ttl != n.lease_ttl),
         ("discovery", debug_differs(&old.discovery, &new.discovery)),
@@ -148,6 +150,10 @@ pub fn diff(old: &Config, new: &Config) -> ReloadOutcome {
         ("metrics.listen", old.metrics != new.metrics),
         ("service.shutdown_timeout", old.service != new.service),
         ("teams", debug_differs(&old.teams, &new.teams)),
+        (
+            "notifications",
+            debug_differs(&old.notifications, &new.notifications),
+        ),
     ];
     out.applied = live.iter().filter(|(_, d)| *d).map(|(k, _)| *k).collect();
     out.needs_restart = restart

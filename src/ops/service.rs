@@ -11,6 +11,7 @@
 
 use crate::app::{App, AppError};
 use crate::config::Config;
+use crate::notifications::runtime::{behind_interval, Notifications, RuntimeError};
 use crate::ops::http::{self, HttpError, Probes};
 use crate::ops::metrics::{self, Metrics, MetricsError};
 use crate::ops::overview::{behind_threshold, Overview};
@@ -38,6 +39,8 @@ pub enum ServiceError {
     Metrics(#[from] MetricsError),
     #[error("cannot listen for SIGHUP: {0}")]
     Signal(std::io::Error),
+    #[error(transparent)]
+    Notifications(#[from] RuntimeError),
 }
 
 impl ServiceError {
@@ -47,6 +50,7 @@ impl ServiceError {
             ServiceError::App(e) => e.exit_code(),
             ServiceError::Http(_) | ServiceError::Signal(_) => 69,
             ServiceError::Metrics(_) => 70,
+            ServiceError::Notifications(e) => e.exit_code(),
         }
     }
 }
@@ -62,21 +66,36 @@ pub async fn run(
     let liveness = Arc::new(Liveness::new(stall_limit));
     let ready = Arc::new(AtomicBool::new(false));
     let tasks = cancel.child_token();
-    start_http(&app, &liveness, &ready, &tasks).await?;
+    let receiver_up = Arc::new(AtomicBool::new(false));
+    let probed = app
+        .config
+        .notifications
+        .is_some()
+        .then(|| receiver_up.clone());
+    start_http(&app, &liveness, &ready, probed, &tasks).await?;
     start_watchdog(&app, &liveness, &tasks);
     let (reload_tx, mut reload_rx) = mpsc::channel(4);
     reload::spawn_sighup(config_path, reload_tx, tasks.clone()).map_err(ServiceError::Signal)?;
+    let notifications = Notifications::start(&app, &tasks, receiver_up).await?;
 
     ready.store(true, Ordering::SeqCst);
     metrics::set_ready(true);
+    metrics::budget_share(&app.graph.budget_share());
     systemd::ready("started; first pass running");
     tracing::info!("service ready");
 
     let deadline = app.config.service.shutdown_timeout;
     let (state, owner) = (app.state.clone(), app.scheduler.owner().to_string());
+    let replicas = app.replicas.clone();
     let grace = deadline.saturating_sub(LEASE_RELEASE_BUDGET);
     let looped = with_deadline(
-        daemon_loop(&mut app, &cancel, &mut reload_rx, &liveness),
+        daemon_loop(
+            &mut app,
+            &cancel,
+            &mut reload_rx,
+            &liveness,
+            notifications.as_ref(),
+        ),
         &cancel,
         grace,
     )
@@ -92,6 +111,7 @@ pub async fn run(
     systemd::stopping("stopping: releasing leases");
     metrics::set_ready(false);
     release_leases(&state, &owner).await;
+    replicas.leave().await;
     tasks.cancel();
     outcome.map_err(ServiceError::from)
 }
@@ -129,6 +149,7 @@ async fn start_http(
     app: &App,
     liveness: &Arc<Liveness>,
     ready: &Arc<AtomicBool>,
+    receiver_up: Option<Arc<AtomicBool>>,
     tasks: &CancellationToken,
 ) -> Result<(), ServiceError> {
     let Some(addr) = app.config.metrics.listen else {
@@ -142,6 +163,7 @@ async fn start_http(
         store: app.store.clone(),
         liveness: liveness.clone(),
         ready: ready.clone(),
+        receiver_up,
     };
     http::spawn(listener, probes, tasks.clone());
     Ok(())
@@ -157,41 +179,85 @@ fn start_watchdog(app: &App, liveness: &Arc<Liveness>, tasks: &CancellationToken
     tracing::info!(watchdog_s = interval.as_secs(), "systemd watchdog enabled");
 }
 
-/// Passes every `export.poll_interval` until cancelled; reloads apply between passes.
+/// A pass starts every `export.poll_interval` (at once after one that overran) until
+/// cancelled: the poll schedule's staleness bound counts on that cadence (`scheduler::due`).
+/// Reloads apply between passes; with change notifications, catch-up passes run in between as
+/// they are asked for.
 async fn daemon_loop(
     app: &mut App,
     cancel: &CancellationToken,
     reloads: &mut mpsc::Receiver<Config>,
     liveness: &Liveness,
+    notifications: Option<&Notifications>,
 ) -> Result<(), AppError> {
     let mut last_discovery = None;
+    // The first pass does the backfill: long by nature, not a sign of falling behind.
+    let mut first = true;
     while !cancel.is_cancelled() {
         liveness.set_idle(false);
-        let report = app.daemon_pass(&mut last_discovery, cancel).await?;
+        let started = Instant::now();
+        let report = match notifications {
+            Some(n) => n.daemon_pass(app, &mut last_discovery, cancel).await?,
+            None => app.daemon_pass(&mut last_discovery, cancel).await?,
+        };
         if cancel.is_cancelled() {
             break;
         }
         after_pass(app, &report).await;
         liveness.set_idle(true);
-        let next = Instant::now() + app.config.export.poll_interval;
-        wait_for_next_pass(app, next, cancel, reloads).await;
+        let mut next = started + app.config.export.poll_interval;
+        if !std::mem::take(&mut first) {
+            warn_if_overran(started, app.config.export.poll_interval);
+        }
+        while wait_for_next_pass(app, &mut next, cancel, reloads, notifications).await {
+            liveness.set_idle(false);
+            if let Some(n) = notifications {
+                n.catch_up_pass(app, cancel).await;
+            }
+            liveness.set_idle(true);
+        }
     }
     Ok(())
 }
 
+/// Resolves when a catch-up pass is due; never without notifications.
+async fn catch_up_due(notifications: Option<&Notifications>) {
+    match notifications {
+        Some(n) => n.catch_up_requested().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A pass longer than the poll interval delays the next one, and with it the scopes that come
+/// due meanwhile: the staleness bound then stretches by the overrun.
+fn warn_if_overran(started: Instant, interval: Duration) {
+    let took = started.elapsed();
+    if took > interval {
+        tracing::warn!(
+            pass_s = took.as_secs(),
+            poll_interval_s = interval.as_secs(),
+            "the pass took longer than export.poll_interval; scopes that came due meanwhile wait \
+             for the next pass, beyond export.max_staleness by up to the overrun (raise \
+             export.concurrency or the rate budget, or lengthen export.poll_interval)"
+        );
+    }
+}
+
 /// Sleeps until `next`; a reload that arrives meanwhile is applied and moves `next` if the
-/// poll interval changed.
+/// poll interval changed. True when it woke early for a catch-up pass.
 async fn wait_for_next_pass(
     app: &mut App,
-    mut next: Instant,
+    next: &mut Instant,
     cancel: &CancellationToken,
     reloads: &mut mpsc::Receiver<Config>,
-) {
-    let pass_end = next - app.config.export.poll_interval;
+    notifications: Option<&Notifications>,
+) -> bool {
+    let pass_start = *next - app.config.export.poll_interval;
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep_until(next.into()) => return,
+            _ = cancel.cancelled() => return false,
+            _ = tokio::time::sleep_until((*next).into()) => return false,
+            _ = catch_up_due(notifications) => return true,
             Some(new) = reloads.recv() => {
                 let groups = crate::compliance::daemon::resolve_groups(&app.graph, &new.retention);
                 if let Err(e) = groups.await {
@@ -199,7 +265,7 @@ async fn wait_for_next_pass(
                     continue;
                 }
                 reload::apply(app, new);
-                next = pass_end + app.config.export.poll_interval;
+                *next = pass_start + app.config.export.poll_interval;
             }
         }
     }
@@ -215,7 +281,7 @@ async fn after_pass(app: &App, report: &PassReport) {
         }
     };
     let export = &app.config.export;
-    let behind_after = behind_threshold(export.poll_interval, export.settle_lag);
+    let behind_after = behind_threshold(behind_interval(&app.config), export.settle_lag);
     let overview = Overview::build(&rows, chrono::Utc::now(), behind_after);
     let summary = overview.summary();
     metrics::pass_done(report.ok(), &overview);

@@ -5,9 +5,11 @@
 use crate::app::{self, AppError};
 use crate::config::Config;
 use crate::ops::overview::{behind_threshold, human_count, row_state, Overview, ScopeState};
-use crate::state::{StateDb, StatusRow};
+use crate::scheduler::due::{Decision, Facts, Policy, Wait};
+use crate::state::{PollSchedule, ReplicaRow, StateDb, StatusRow};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use std::collections::HashMap;
 use std::fmt::Write;
 use std::time::Duration;
 
@@ -28,6 +30,8 @@ pub struct StatusView {
     pub store: StoreHealth,
     /// Change notifications (subscriptions); polling is the completeness backstop either way.
     pub notifications: String,
+    /// Archiver processes heartbeating now; they split the tenant's rate budget evenly.
+    pub replicas: Vec<ReplicaRow>,
     #[serde(skip)]
     raw: Vec<StatusRow>,
 }
@@ -43,7 +47,14 @@ pub struct StoreHealth {
 pub async fn gather(config: &Config, state: &StateDb) -> Result<StatusView, AppError> {
     let rows = state.status().await?;
     let now = Utc::now();
-    let behind_after = behind_threshold(config.export.poll_interval, config.export.settle_lag);
+    let live_since = now - chrono::Duration::from_std(crate::replicas::TTL).unwrap_or_default();
+    let replicas = state.live_replicas(live_since).await?;
+    let mut report = StatusReport::build(rows.clone(), now);
+    let policy = Policy::from_config(&config.export);
+    let schedules = state.poll_schedules().await?;
+    with_schedules(&mut report.rows, schedules, &policy, now.timestamp_millis());
+    let interval = crate::notifications::runtime::behind_interval(config);
+    let behind_after = behind_threshold(interval, config.export.settle_lag);
     let store = app::open_store(&config.store);
     let check = tokio::time::timeout(STORE_CHECK_TIMEOUT, store.check()).await;
     let health = StoreHealth {
@@ -57,10 +68,10 @@ pub async fn gather(config: &Config, state: &StateDb) -> Result<StatusView, AppE
     };
     Ok(StatusView {
         overview: Overview::build(&rows, now, behind_after),
-        report: StatusReport::build(rows.clone(), now),
+        report,
         store: health,
-        // Issue 5 (change notifications) replaces this with the subscription state.
-        notifications: "not configured (polling only)".into(),
+        notifications: crate::notifications::cli::status_line(config, state).await,
+        replicas,
         raw: rows,
     })
 }
@@ -122,6 +133,7 @@ impl StatusView {
             self.store.error.as_deref().unwrap_or(&self.store.location)
         );
         let _ = writeln!(out, "change notifications: {}", self.notifications);
+        let _ = writeln!(out, "{}", replicas_line(&self.replicas));
         for s in &o.by_source {
             let _ = writeln!(
                 out,
@@ -232,6 +244,17 @@ impl StatusView {
                     r.last_error.clone().unwrap_or_else(|| "-".into()),
                 ),
                 ("departed", stamp(r.departed_at)),
+                (
+                    "next poll",
+                    r.next_poll_at
+                        .map_or_else(|| "next pass".into(), |t| stamp(Some(t))),
+                ),
+                (
+                    "poll interval",
+                    r.poll_interval_s
+                        .map(human_secs)
+                        .unwrap_or_else(|| "-".into()),
+                ),
             ];
             for (k, v) in fields {
                 let _ = writeln!(out, "  {k:<18} {v}");
@@ -239,6 +262,23 @@ impl StatusView {
         }
         out
     }
+}
+
+/// `replicas: 2 live, each at 1/2 of the tenant's rate budget (host pid 12, host pid 34)`.
+fn replicas_line(replicas: &[ReplicaRow]) -> String {
+    if replicas.is_empty() {
+        return "replicas: none running".into();
+    }
+    let who: Vec<String> = replicas
+        .iter()
+        .map(|r| format!("{} pid {}", r.host, r.pid))
+        .collect();
+    format!(
+        "replicas: {} live, each at 1/{} of the tenant's rate budget ({})",
+        replicas.len(),
+        replicas.len(),
+        who.join(", ")
+    )
 }
 
 fn name(r: &StatusRow) -> String {
@@ -274,6 +314,10 @@ pub struct StatusLine {
     pub last_success_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
     pub last_error_at: Option<DateTime<Utc>>,
+    /// When the daemon polls it next (`scheduler::due`); None: at the next pass.
+    pub next_poll_at: Option<DateTime<Utc>>,
+    /// The schedule's current interval in seconds (None before its first poll).
+    pub poll_interval_s: Option<i64>,
 }
 
 impl StatusReport {
@@ -370,6 +414,36 @@ fn line(r: StatusRow, now: DateTime<Utc>) -> StatusLine {
         last_success_at: cp.last_success_at,
         last_error: cp.last_error,
         last_error_at: cp.last_error_at,
+        next_poll_at: None,
+        poll_interval_s: None,
+    }
+}
+
+/// Fills in each row's next poll from its schedule, as the daemon's next pass would judge it
+/// (change notifications may stretch a Copilot poll further; `status` cannot see that).
+fn with_schedules(
+    rows: &mut [StatusLine],
+    schedules: Vec<PollSchedule>,
+    policy: &Policy,
+    now: i64,
+) {
+    let mut by_key: HashMap<(String, String), PollSchedule> = schedules
+        .into_iter()
+        .map(|s| ((s.source.clone(), s.scope_id.clone()), s))
+        .collect();
+    for r in rows {
+        let schedule = by_key.remove(&(r.source.clone(), r.scope_id.clone()));
+        r.poll_interval_s = schedule.as_ref().map(|s| s.interval_ms / 1000);
+        let facts = Facts {
+            departed: r.departed_at.is_some(),
+            last_success_at: r.last_success_at.map(|t| t.timestamp_millis()),
+            last_error_at: r.last_error_at.map(|t| t.timestamp_millis()),
+            schedule: schedule.as_ref(),
+            notified: false,
+        };
+        if let Decision::Wait(Wait::Until(at)) = policy.decide(&facts, now) {
+            r.next_poll_at = DateTime::from_timestamp_millis(at);
+        }
     }
 }
 
@@ -441,8 +515,27 @@ mod tests {
                 error: Some("archive store unavailable: disk full".into()),
             },
             notifications: "not configured (polling only)".into(),
+            replicas: Vec::new(),
             raw: rows,
         }
+    }
+
+    #[test]
+    fn replicas_are_listed_with_their_share() {
+        assert_eq!(replicas_line(&[]), "replicas: none running");
+        let replica = |host: &str, pid| ReplicaRow {
+            owner: format!("{host}:{pid}:abc"),
+            host: host.into(),
+            pid,
+            node: String::new(),
+            started_at: Utc::now(),
+            heartbeat_at: Utc::now(),
+            budget_divisor: 2,
+        };
+        assert_eq!(
+            replicas_line(&[replica("a", 1), replica("b", 2)]),
+            "replicas: 2 live, each at 1/2 of the tenant's rate budget (a pid 1, b pid 2)"
+        );
     }
 
     #[test]
@@ -493,6 +586,40 @@ mod tests {
             "{text}"
         );
         assert!(v.user_rows("nobody").is_empty());
+    }
+
+    #[test]
+    fn user_detail_shows_the_next_poll() {
+        let now = Utc::now();
+        let mut v = view(
+            vec![row("ann", 60, None, now), row("bob", 60, None, now)],
+            now,
+        );
+        let at = (now - chrono::Duration::minutes(30)).timestamp_millis();
+        let waiting = PollSchedule {
+            source: "copilot".into(),
+            scope_id: "ann".into(),
+            polled_at: at,
+            interval_ms: 4 * 3600 * 1000,
+            next_due_at: at + 4 * 3600 * 1000,
+            last_new_at: None,
+        };
+        let policy = Policy::new(Duration::from_secs(900), Duration::from_secs(86_400), 1.5);
+        with_schedules(
+            &mut v.report.rows,
+            vec![waiting],
+            &policy,
+            now.timestamp_millis(),
+        );
+        let ann = v.render_user(&v.user_rows("ann"));
+        let due = DateTime::from_timestamp_millis(at + 4 * 3600 * 1000);
+        assert!(
+            ann.contains(&format!("next poll          {}", stamp(due))),
+            "{ann}"
+        );
+        assert!(ann.contains("poll interval      4h"), "{ann}");
+        let bob = v.render_user(&v.user_rows("bob"));
+        assert!(bob.contains("next poll          next pass"), "{bob}");
     }
 
     #[test]

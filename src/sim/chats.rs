@@ -348,7 +348,7 @@ fn team_listing(
             .teams
             .teams
             .iter()
-            .filter(|t| t.deleted_ms.is_some() == deleted)
+            .filter(|t| t.deleted_ms.is_some() == deleted && t.purged_ms.is_none())
             .map(|t| team_object(st, t, deleted, select.as_deref()))
             .collect();
         let items: Vec<String> = all

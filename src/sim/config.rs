@@ -54,6 +54,8 @@ pub struct SimConfig {
     /// Teams data: chats, teams and channels, online meetings (none by default, so a
     /// Copilot-only tenant is generated exactly as before).
     pub teams: TeamsSimConfig,
+    /// Change notifications: validation-token signing key, handshake and delivery timing.
+    pub notifications: super::notify::NotificationSimConfig,
 }
 
 impl Default for SimConfig {
@@ -77,6 +79,7 @@ impl Default for SimConfig {
             rate_limits: SimRateLimits::default(),
             faults: FaultConfig::default(),
             teams: TeamsSimConfig::default(),
+            notifications: Default::default(),
         }
     }
 }
@@ -297,6 +300,7 @@ impl SimConfig {
         }
         self.rate_limits.validate()?;
         self.teams.validate()?;
+        self.notifications.validate()?;
         self.faults.validate()
     }
 }

@@ -67,6 +67,8 @@ pub(crate) fn router() -> Router<Arc<SimState>> {
         .route("/messages", post(teams_control::change_message))
         .route("/messages/churn", post(teams_control::churn))
         .route("/teams/{id}/delete", post(teams_control::delete_team))
+        .route("/teams/{id}/purge", post(teams_control::purge_team))
+        .nest("/notifications", super::notify_control::router())
 }
 
 fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ControlError> {
@@ -198,6 +200,7 @@ async fn create_interactions(
     let mut tenant = write(&st.tenant);
     let index = tenant.add_interactions(&req.user_id, &new)?;
     let user = &tenant.users[index];
+    super::notify::interactions_created(&st, user, &new);
     let records = new
         .iter()
         .map(|it| truth(st.seed, &st.tenant_id, user, it))

@@ -81,6 +81,7 @@ pub(crate) fn router(state: Arc<SimState>) -> Router<Arc<SimState>> {
             "/users/{id}/onlineMeetings/{meeting}/recordings/{item}/content",
             get(meetings::recording_content),
         )
+        .merge(super::subscriptions::router())
         .fallback(unknown_segment)
         .layer(middleware::from_fn_with_state(state, gate));
     Router::new().nest("/v1.0", api.clone()).nest("/beta", api)

@@ -35,15 +35,22 @@ mod json;
 mod meetings;
 mod message_filter;
 mod messages;
+mod notify;
+mod notify_control;
+/// Public so integration tests can craft genuine (and then tampered) notification posts.
+pub mod notify_crypto;
 mod odata;
 mod page;
 mod render;
 mod stats;
+mod subscriptions;
 mod teams_control;
 mod teams_data;
 mod text;
 mod throttle;
 
+#[cfg(test)]
+mod notify_tests;
 #[cfg(test)]
 mod teams_tests;
 #[cfg(test)]
@@ -51,6 +58,7 @@ mod tests;
 
 pub use config::{FaultConfig, SimConfig, SimRateLimits, TeamsSimConfig};
 pub use data::COPILOT_SKU;
+pub use notify::NotificationSimConfig;
 
 use axum::routing::post;
 use axum::Router;
@@ -104,6 +112,8 @@ pub(crate) struct SimState {
     pub teams: config::TeamsSimConfig,
     /// sha256 of generated recordings by seed, computed once for the ground truth.
     pub content_sha: Mutex<std::collections::HashMap<u64, String>>,
+    /// Change-notification subscriptions and their delivery.
+    pub notifications: notify::Notifications,
 }
 
 /// Locks a mutex; a panic elsewhere never leaves these small critical sections half done,
@@ -251,6 +261,7 @@ async fn build_state(cfg: SimConfig) -> Result<Arc<SimState>, SimError> {
         stats: Mutex::new(Stats::default()),
         teams: cfg.teams.clone(),
         content_sha: Mutex::new(std::collections::HashMap::new()),
+        notifications: notify::Notifications::new(&cfg.notifications, cfg.seed, &cfg.client_id)?,
     }))
 }
 

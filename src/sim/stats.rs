@@ -34,6 +34,8 @@ pub(crate) struct Stats {
     /// endpoint was driven at.
     pub class_span: BTreeMap<String, ClassSpan>,
     pub tokens_issued: u64,
+    /// Change notifications (`/_sim/notifications/stats` serves the same).
+    pub notifications: super::notify::NotificationCounters,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -54,6 +56,7 @@ impl Default for Stats {
             last_request: None,
             class_span: BTreeMap::new(),
             tokens_issued: 0,
+            notifications: Default::default(),
         }
     }
 }

@@ -294,3 +294,14 @@ pub(crate) async fn delete_team(
     tracing::info!(team.id = %id, "sim deleted a team");
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// `POST /_sim/teams/{id}/purge`: the team is deleted for good; Graph answers 404 for it.
+pub(crate) async fn purge_team(
+    State(st): State<Arc<SimState>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, TeamsControlError> {
+    let now_ms = Utc::now().timestamp_millis();
+    write(&st.tenant).teams.purge_team(&id, now_ms)?;
+    tracing::info!(team.id = %id, "sim purged a team");
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -128,6 +128,8 @@ pub(crate) struct Team {
     pub name: String,
     pub members: Vec<u32>,
     pub deleted_ms: Option<i64>,
+    /// Permanently deleted: gone from both listings, every path answers 404.
+    pub purged_ms: Option<i64>,
     /// Channels it hosts and shared channels it is a member of (indices into `channels`).
     pub channels: Vec<u32>,
 }
@@ -360,6 +362,7 @@ impl TeamsStore {
                 name: format!("{} {}", pick(&mut rng, TEAM_NAMES), t + 1),
                 members,
                 deleted_ms: deleted.then(|| g.clock.anchor_ms - rng.gen_range(DAY_MS..10 * DAY_MS)),
+                purged_ms: None,
                 channels: Vec::new(),
             });
             for k in 0..g.cfg.channels_per_team {
@@ -634,10 +637,20 @@ impl TeamsStore {
         Ok(())
     }
 
+    /// Permanently deletes a team (after soft deletion, or at once): Graph forgets it.
+    pub(crate) fn purge_team(&mut self, id: &str, now_ms: i64) -> Result<(), TeamsError> {
+        let i = self
+            .team_index(id)
+            .ok_or_else(|| TeamsError::UnknownTeam(id.to_owned()))?;
+        self.teams[i].purged_ms = Some(now_ms);
+        Ok(())
+    }
+
+    /// A team Graph still knows (live or soft-deleted).
     pub(crate) fn team_index(&self, id: &str) -> Option<usize> {
         self.teams
             .iter()
-            .position(|t| t.id.eq_ignore_ascii_case(id))
+            .position(|t| t.id.eq_ignore_ascii_case(id) && t.purged_ms.is_none())
     }
 }
 

@@ -25,11 +25,12 @@ pub enum StateError {
     },
 
     /// Applying the embedded migrations failed.
-    #[error("migrating the state database at {url} failed: {source}")]
+    #[error("migrating the state database at {url} failed: {source}{hint}")]
     Migrate {
         url: String,
         #[source]
         source: sqlx::migrate::MigrateError,
+        hint: &'static str,
     },
 
     /// The database stopped answering (I/O error, pool timeout, closed pool) during an operation.
@@ -210,6 +211,22 @@ fn url_secrets(url: &str) -> Vec<String> {
         }
     }
     secrets
+}
+
+/// What to do about a failed migration, where the cause is a known setup mistake.
+pub(crate) fn migrate_hint(e: &sqlx::migrate::MigrateError) -> &'static str {
+    let text = e.to_string();
+    if text.contains("no schema has been selected")
+        || text.contains("schema") && text.contains("does not exist")
+    {
+        ". The schema named by search_path in state.url does not exist: create it first \
+         (CREATE SCHEMA <name> AUTHORIZATION <archiver role>), one per tenant"
+    } else if text.contains("permission denied") {
+        ". The database role in state.url may not create tables there: grant it CREATE on the \
+         schema (or run `m365-archiver migrate` once as the schema owner)"
+    } else {
+        ""
+    }
 }
 
 #[cfg(test)]

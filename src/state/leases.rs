@@ -9,6 +9,17 @@ use chrono::{DateTime, Utc};
 use super::types::to_ms;
 use super::{StateDb, StateError};
 
+/// Takes or extends one lease: $1 key, $2 owner, $3 now, $4 expiry (epoch ms). Affects a row
+/// only if the lease is free, expired or already the owner's.
+pub(super) const TRY_LEASE: &str =
+    "INSERT INTO leases (work_key, owner, acquired_at, expires_at) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (work_key) DO UPDATE SET \
+       acquired_at = CASE WHEN leases.owner = excluded.owner \
+         THEN leases.acquired_at ELSE excluded.acquired_at END, \
+       owner = excluded.owner, \
+       expires_at = excluded.expires_at \
+     WHERE leases.expires_at <= $3 OR leases.owner = $2";
+
 impl StateDb {
     /// Takes the lease on `work_key` for `ttl` if it is free, expired, or already ours (then it
     /// is extended). One statement, so it is atomic in both databases. True if we hold it.
@@ -21,22 +32,14 @@ impl StateDb {
     ) -> Result<bool, StateError> {
         let now_ms = to_ms(now);
         let _slot = self.writer_slot().await;
-        let done = sqlx::query(
-            "INSERT INTO leases (work_key, owner, acquired_at, expires_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (work_key) DO UPDATE SET \
-               acquired_at = CASE WHEN leases.owner = excluded.owner \
-                 THEN leases.acquired_at ELSE excluded.acquired_at END, \
-               owner = excluded.owner, \
-               expires_at = excluded.expires_at \
-             WHERE leases.expires_at <= $3 OR leases.owner = $2",
-        )
-        .bind(work_key)
-        .bind(owner)
-        .bind(now_ms)
-        .bind(expiry_ms(now_ms, ttl))
-        .execute(self.pool())
-        .await
-        .map_err(StateError::op("try_lease"))?;
+        let done = sqlx::query(TRY_LEASE)
+            .bind(work_key)
+            .bind(owner)
+            .bind(now_ms)
+            .bind(expiry_ms(now_ms, ttl))
+            .execute(self.pool())
+            .await
+            .map_err(StateError::op("try_lease"))?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -85,7 +88,7 @@ impl StateDb {
     }
 }
 
-fn expiry_ms(now_ms: i64, ttl: Duration) -> i64 {
+pub(super) fn expiry_ms(now_ms: i64, ttl: Duration) -> i64 {
     let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
     now_ms.saturating_add(ttl_ms)
 }

@@ -14,8 +14,12 @@ mod checkpoints;
 mod content;
 mod error;
 mod holds;
+mod keyscan;
+mod lease_claims;
 mod leases;
+mod replicas;
 mod retention;
+mod schedule;
 mod scopes;
 mod status;
 #[doc(hidden)]
@@ -37,7 +41,10 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 pub use content::CatalogueVersion;
 pub use error::{redact_url, StateError};
 pub use holds::{HoldKind, HoldRow};
+pub use lease_claims::{LeaseClaim, MAX_CLAIM_KEYS};
+pub use replicas::ReplicaRow;
 pub use retention::{DisposalCandidate, RetentionRow};
+pub use schedule::{DueScopes, PollHorizon, PollSchedule};
 pub use types::{
     AuditEntry, AuditRow, CatalogueEntry, Checkpoint, ManifestRow, ScopeRecord, ScopeRow,
     ScopeSync, StatusRow, WindowCommit,
@@ -143,6 +150,7 @@ impl StateDb {
             .await
             .map_err(|source| StateError::Migrate {
                 url: self.redacted_url.to_string(),
+                hint: error::migrate_hint(&source),
                 source,
             })?;
         tracing::debug!(backend = ?self.backend, "state database migrations applied");

@@ -206,7 +206,9 @@ impl StateDb {
     }
 
     /// One page of the catalogue in (source, record_key, etag) order after `after`, optionally
-    /// only versions archived since `since` and of one scope.
+    /// only versions archived since `since` and of one scope. The row-value comparison lets
+    /// both databases seek the primary key; the spelled-out OR made SQLite walk the catalogue
+    /// from its start for every page (quadratic over a million rows).
     pub async fn catalogue_page(
         &self,
         after: Option<&CatalogueEntry>,
@@ -220,7 +222,7 @@ impl StateDb {
         });
         let sql = format!(
             "SELECT {CATALOGUE_COLUMNS} FROM catalogue \
-             WHERE (source > $1 OR (source = $1 AND (record_key > $2 OR (record_key = $2 AND etag > $3)))) \
+             WHERE (source, record_key, etag) > ($1, $2, $3) \
                AND archived_at >= $4 AND ($5 = '' OR scope_id = $5) \
              ORDER BY source, record_key, etag LIMIT $6"
         );

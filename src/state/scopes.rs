@@ -15,7 +15,8 @@ const UPSERT_CHUNK: usize = 200;
 /// Ids per `IN (...)` list.
 const ID_CHUNK: usize = 500;
 
-const SCOPE_COLUMNS: &str = "kind, id, label, first_seen, last_seen, gone_at, final_sweep_at";
+pub(super) const SCOPE_COLUMNS: &str =
+    "kind, id, label, first_seen, last_seen, gone_at, final_sweep_at";
 
 impl StateDb {
     /// Records one discovery pass for `kind`: the present scopes are upserted (label,
@@ -187,7 +188,7 @@ async fn mark_gone(
     Ok(gone.into_iter().map(|(id,)| id).collect())
 }
 
-fn scope_row(row: &AnyRow, op: &'static str) -> Result<ScopeRow, StateError> {
+pub(super) fn scope_row(row: &AnyRow, op: &'static str) -> Result<ScopeRow, StateError> {
     let r = RowReader::new(row, op);
     Ok(ScopeRow {
         kind: r.string("kind")?,

@@ -10,9 +10,17 @@ mod compliance;
 mod worm;
 
 mod boundaries;
+mod chaos;
+mod chaos_infra;
 mod crash;
 mod end_to_end;
 mod errors;
+mod notifications;
+mod notifications_catchup;
+mod notifications_hostile;
+mod polling;
 mod quarantine;
+mod replicas;
 mod service;
 mod teams;
+mod tenants;

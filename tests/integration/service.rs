@@ -455,12 +455,19 @@ async fn sighup_reloads_the_schedule_and_refuses_a_bad_config() {
     assert!(status.success(), "{}", daemon.log());
 }
 
-/// `systemd-analyze verify` accepts the unit without a complaint and its exposure is "OK".
+/// `systemd-analyze verify` accepts the units (the service and the per-tenant template)
+/// without a complaint and their exposure is "OK".
 #[tokio::test]
 async fn systemd_unit_verifies_and_is_hardened() {
+    for unit in ["m365-archiver.service", "m365-archiver@.service"] {
+        check_unit(unit).await;
+    }
+}
+
+async fn check_unit(unit: &str) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = tokio::process::Command::new(root.join("scripts/check-systemd-unit.sh"))
-        .arg(root.join("systemd/m365-archiver.service"))
+        .arg(root.join("systemd").join(unit))
         .arg(env!("CARGO_BIN_EXE_m365-archiver"))
         .output()
         .await
@@ -471,13 +478,13 @@ async fn systemd_unit_verifies_and_is_hardened() {
         eprintln!("\n!!!!! SKIPPED: systemd-analyze is not available and could not be installed:\n{stderr}\n");
         return;
     }
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(out.status.success(), "{unit}: {stdout}\n{stderr}");
     let exposure: f64 = stdout
         .trim()
         .strip_prefix("exposure ")
         .and_then(|e| e.parse().ok())
         .unwrap_or_else(|| panic!("no exposure figure: {stdout}"));
-    assert!(exposure <= 2.9, "exposure {exposure}");
+    assert!(exposure <= 2.9, "{unit}: exposure {exposure}");
 }
 
 /// docs/configuration.md documents exactly the keys the configuration accepts.

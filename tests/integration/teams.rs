@@ -426,6 +426,54 @@ async fn an_edit_after_archiving_is_a_new_version_and_the_old_one_stays() {
     assert_archive_exact(&env, sources).await;
 }
 
+/// A team deleted for good (gone from /teams and /teamwork/deletedTeams; Graph answers 404)
+/// ends its final sweep with an audited warning instead of failing every pass forever, and
+/// what was archived of it stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanently_deleted_team_ends_its_final_sweep() {
+    let o = TeamsOpts {
+        sources: &["channels"],
+        ..TeamsOpts::default()
+    };
+    let env = teams_env(Db::Sqlite, small_tenant(), &o).await;
+    env.run_until_ok(2).await;
+    let archived_before = env.record_files().len();
+    let team = truth_of(&env, "channels").await[0].identity()[0].clone();
+    env.sim_post(&format!("/_sim/teams/{team}/purge"), serde_json::json!({}))
+        .await;
+
+    let out = env.run_once().await;
+    assert!(
+        out.status.success(),
+        "a vanished team must not fail the pass: {}",
+        tail(&String::from_utf8_lossy(&out.stderr), 10)
+    );
+    let state = env.state().await;
+    let audit = state.audit_list(50).await.expect("audit");
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.action == "final_sweep_resource_gone" && a.subject.ends_with(&team)),
+        "the end of the sweep is audited: {audit:?}"
+    );
+    assert_eq!(
+        env.record_files().len(),
+        archived_before,
+        "nothing archived is lost"
+    );
+
+    let before = sim_stats(&env).await["requests"]["messages"]["404"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(before > 0, "the purged team answered 404");
+    let out = env.run_once().await;
+    assert!(out.status.success(), "{}", text(&out));
+    let after = sim_stats(&env).await["requests"]["messages"]["404"]
+        .as_u64()
+        .unwrap_or(0);
+    assert_eq!(after, before, "a closed final sweep is not retried");
+}
+
 /// A current, never-changed, exportable user message.
 fn pick_unchanged(truth: &[TruthRecord]) -> TruthRecord {
     truth

@@ -1,0 +1,482 @@
+//! Replicas sharing one tenant's rate budget. Every archiver process registers in the state
+//! database and heartbeats there (`state::replicas`); the number of live replicas divides the
+//! tenant-wide Graph budgets (`graph::Budgets::split`), so that together they stay under
+//! Graph's per-tenant limits.
+//!
+//! Shares shift within a heartbeat: a replica that sees the count grow shrinks at once; one that
+//! starts while others run waits until their heartbeats show they have made room (each row
+//! carries the divisor its replica applies), so the sum of the shares never exceeds the budget.
+//! A replica that dies keeps its place until its row is older than the TTL: the others grow
+//! only then, which errs on the side of sending less. While the database cannot be read, a
+//! replica keeps its last share: it never grows to the full budget for lack of the count (its
+//! leases cannot be renewed either, so its exports stop).
+//!
+//! A replica restarted on the same host (systemd, a crash) does not wait for the row its dead
+//! predecessor left: rows of the same node (boot and pid namespace) whose process is gone are
+//! deleted when a replica joins.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::graph::GraphClient;
+use crate::state::{ReplicaRow, StateDb, StateError};
+
+/// How often a replica writes its heartbeat and re-reads the count.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+/// A replica whose heartbeat is older than this is counted out (four heartbeats: three may be
+/// late or lost on a loaded database before the others grow into its share).
+pub const TTL: Duration = Duration::from_secs(8);
+/// Longest wait at shutdown for deleting the row; after that it expires by itself.
+const LEAVE_BUDGET: Duration = Duration::from_secs(3);
+
+/// Heartbeat period and liveness TTL (tests shorten them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    pub heartbeat: Duration,
+    pub ttl: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            heartbeat: HEARTBEAT,
+            ttl: TTL,
+        }
+    }
+}
+
+/// This process's place in the registry; cheap to clone.
+#[derive(Clone)]
+pub struct Replicas {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: StateDb,
+    graph: GraphClient,
+    owner: String,
+    host: String,
+    node: String,
+    started_at: chrono::DateTime<Utc>,
+    timing: Timing,
+    stop: CancellationToken,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Replicas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replicas")
+            .field("owner", &self.inner.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Replicas {
+    /// Registers this process as `owner` (the scheduler's lease owner), takes its share of the
+    /// budget, waits until the other live replicas have made room for it, and keeps the share
+    /// current in the background until [`Replicas::leave`]. Fails if the first heartbeat cannot
+    /// be written: a replica that cannot count the others must not start at the full budget.
+    pub async fn join(
+        state: &StateDb,
+        graph: &GraphClient,
+        owner: &str,
+        timing: Timing,
+    ) -> Result<Replicas, StateError> {
+        let replicas = Replicas {
+            inner: Arc::new(Inner {
+                state: state.clone(),
+                graph: graph.clone(),
+                owner: owner.to_owned(),
+                host: hostname(),
+                node: node(),
+                started_at: Utc::now(),
+                timing,
+                stop: CancellationToken::new(),
+                task: Mutex::new(None),
+            }),
+        };
+        replicas.inner.forget_dead_neighbours().await;
+        let live = replicas.inner.beat().await?;
+        replicas.inner.apply(live).await;
+        crate::ops::metrics::budget_share(&graph.budget_share());
+        replicas.inner.wait_for_room().await;
+        let inner = Arc::clone(&replicas.inner);
+        let task = tokio::spawn(async move { inner.run().await });
+        *replicas
+            .inner
+            .task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(task);
+        Ok(replicas)
+    }
+
+    /// The number of live replicas this process divides its budgets by.
+    pub fn live(&self) -> u32 {
+        self.inner.graph.budget_share().replicas
+    }
+
+    /// Stops the heartbeat and deletes this replica's row, so that the others take over its
+    /// share at their next heartbeat. Bounded in time: a row left behind expires after the TTL.
+    pub async fn leave(&self) {
+        self.inner.stop.cancel();
+        let task = self
+            .inner
+            .task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = task {
+            // A beat in flight must not write the row again after it is deleted.
+            task.abort();
+            let _ = task.await;
+        }
+        let removal = self.inner.state.remove_replica(&self.inner.owner);
+        match tokio::time::timeout(LEAVE_BUDGET, removal).await {
+            Ok(Ok(_)) => tracing::debug!("left the replica registry"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not leave the replica registry; this replica's row expires by itself")
+            }
+            Err(_) => tracing::warn!(
+                "leaving the replica registry timed out; this replica's row expires by itself"
+            ),
+        }
+    }
+}
+
+impl Inner {
+    async fn run(&self) {
+        let mut healthy = true;
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tokio::time::sleep(self.timing.heartbeat) => {}
+            }
+            match self.beat().await {
+                Ok(live) => {
+                    if !healthy {
+                        tracing::info!("replica registry reachable again");
+                    }
+                    healthy = true;
+                    self.apply(live).await;
+                }
+                Err(e) => {
+                    if healthy {
+                        let share = self.graph.budget_share().replicas;
+                        tracing::warn!(error = %e, replicas = share, "cannot heartbeat in the replica registry; keeping the current share of the rate budget");
+                    }
+                    healthy = false;
+                }
+            }
+        }
+    }
+
+    /// Writes the heartbeat (with the divisor applied now) and returns the live count.
+    async fn beat(&self) -> Result<u32, StateError> {
+        let row = ReplicaRow {
+            owner: self.owner.clone(),
+            host: self.host.clone(),
+            pid: i64::from(std::process::id()),
+            node: self.node.clone(),
+            started_at: self.started_at,
+            heartbeat_at: Utc::now(),
+            budget_divisor: i64::from(self.graph.budget_share().replicas),
+        };
+        self.state.replica_heartbeat(&row, self.timing.ttl).await
+    }
+
+    /// Deletes the rows of replicas on this node whose process no longer runs (a predecessor
+    /// killed before a restart), so that they neither count nor hold up the join.
+    async fn forget_dead_neighbours(&self) {
+        if self.node.is_empty() {
+            return;
+        }
+        let Ok(rows) = self.state.live_replicas(chrono::DateTime::UNIX_EPOCH).await else {
+            return;
+        };
+        for row in rows {
+            let gone = !std::path::Path::new(&format!("/proc/{}", row.pid)).exists();
+            if row.node == self.node && row.owner != self.owner && gone {
+                tracing::info!(replica = %row.owner, "forgetting a replica of this host that no longer runs");
+                if let Err(e) = self.state.remove_replica(&row.owner).await {
+                    tracing::debug!(error = %e, "could not forget a dead replica; it expires by itself");
+                }
+            }
+        }
+    }
+
+    /// Divides the budgets by `live`; on a change, logs it, updates the metrics and records the
+    /// divisor so that a starting replica sees the room made for it.
+    async fn apply(&self, live: u32) {
+        match self.graph.set_replicas(live) {
+            Ok(false) => {}
+            Ok(true) => {
+                let share = self.graph.budget_share();
+                tracing::info!(
+                    replicas = share.replicas,
+                    interactions_rps = share.budgets.interactions_rps,
+                    messages_rps = share.budgets.messages_rps,
+                    other_rps = share.budgets.other_rps,
+                    "rate budget share changed: {} live replica(s) share the tenant",
+                    share.replicas
+                );
+                crate::ops::metrics::budget_share(&share);
+                if let Err(e) = self.state.set_replica_divisor(&self.owner, live).await {
+                    tracing::debug!(error = %e, "could not record the budget divisor; the next heartbeat does");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot apply the new share of the rate budget; keeping the current one")
+            }
+        }
+    }
+
+    /// Until the shares of the live replicas add up to at most the whole budget (the others
+    /// saw this one), or two heartbeats have passed: a live replica reacts within one, so one
+    /// that has not is dead or cut off (it sends nothing then, and is counted out soon).
+    async fn wait_for_room(&self) {
+        let deadline = Instant::now() + self.timing.heartbeat * 2;
+        let poll = (self.timing.heartbeat / 4).max(Duration::from_millis(50));
+        let mut told = false;
+        loop {
+            let since =
+                Utc::now() - chrono::Duration::from_std(self.timing.ttl).unwrap_or_default();
+            match self.state.live_replicas(since).await {
+                Ok(rows) if shares_fit(&rows) => return,
+                Ok(rows) if !told => {
+                    told = true;
+                    tracing::info!(
+                        replicas = rows.len(),
+                        "waiting for the other replicas to make room in the rate budget"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "cannot read the replica registry"),
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!("other replicas did not make room in the rate budget in time; starting anyway (they are counted out when their heartbeats stop)");
+                return;
+            }
+            tokio::time::sleep(poll).await;
+            if let Ok(live) = self.beat().await {
+                self.apply(live).await;
+            }
+        }
+    }
+}
+
+/// True when the shares the replicas apply add up to at most the whole budget.
+fn shares_fit(rows: &[ReplicaRow]) -> bool {
+    let sum: f64 = rows
+        .iter()
+        .map(|r| 1.0 / (r.budget_divisor.max(1) as f64))
+        .sum();
+    sum <= 1.0 + 1e-9
+}
+
+/// Boot id and pid namespace: processes with the same node see each other's pids. Empty when
+/// /proc does not tell (then no row is ever judged by its pid).
+fn node() -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id");
+    let pid_ns = std::fs::read_link("/proc/self/ns/pid");
+    match (boot, pid_ns) {
+        (Ok(boot), Ok(ns)) => format!("{}/{}", boot.trim(), ns.display()),
+        _ => String::new(),
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{Budgets, Credential, GraphClientConfig, RetryConfig};
+    use crate::state::testing;
+
+    const FAST: Timing = Timing {
+        heartbeat: Duration::from_millis(200),
+        ttl: Duration::from_millis(800),
+    };
+
+    /// A client that is never asked to send anything: only its budget is looked at.
+    fn graph() -> GraphClient {
+        let local = |s: &str| url::Url::parse(s).expect("url");
+        GraphClient::new(GraphClientConfig {
+            tenant_id: "t".into(),
+            client_id: "c".into(),
+            credential: Credential::Secret("s".to_string().into()),
+            base_url: local("http://127.0.0.1:9/v1.0"),
+            authority: local("http://127.0.0.1:9"),
+            token_scope: "x/.default".into(),
+            retry: RetryConfig::default(),
+            request_timeout: Duration::from_secs(1),
+            budgets: Budgets {
+                interactions_rps: 30.0,
+                ..Budgets::default()
+            },
+        })
+        .expect("graph client")
+    }
+
+    fn row(divisor: i64) -> ReplicaRow {
+        ReplicaRow {
+            owner: format!("r{divisor}"),
+            host: "h".into(),
+            pid: 1,
+            node: String::new(),
+            started_at: Utc::now(),
+            heartbeat_at: Utc::now(),
+            budget_divisor: divisor,
+        }
+    }
+
+    #[test]
+    fn shares_fit_only_when_they_add_up_to_one_at_most() {
+        assert!(shares_fit(&[row(1)]));
+        assert!(shares_fit(&[row(3), row(3), row(3)]));
+        assert!(
+            !shares_fit(&[row(2), row(2), row(3)]),
+            "one has not shrunk yet"
+        );
+        assert!(shares_fit(&[row(0)]), "0 counts as 1");
+        assert!(shares_fit(&[]));
+    }
+
+    fn rps(r: &Replicas) -> f64 {
+        r.inner.graph.budget_share().budgets.interactions_rps
+    }
+
+    async fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ok() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Three replicas split the budget; a newcomer starts only once the others have shrunk;
+    /// one that leaves gives its share back; one that stops heartbeating (killed) is counted
+    /// out after the TTL.
+    async fn shares_follow_the_live_replicas(db: StateDb) {
+        let a = Replicas::join(&db, &graph(), "a", FAST).await.expect("a");
+        assert_eq!((a.live(), rps(&a)), (1, 30.0));
+        let b = Replicas::join(&db, &graph(), "b", FAST).await.expect("b");
+        // b waited for a to make room.
+        assert_eq!(a.live(), 2, "a shrank before b returned from join");
+        assert_eq!(rps(&b), 15.0);
+        let c = Replicas::join(&db, &graph(), "c", FAST).await.expect("c");
+        assert_eq!((a.live(), b.live(), c.live()), (3, 3, 3));
+        assert!((rps(&c) - 10.0).abs() < 1e-9);
+        let rows = db
+            .live_replicas(Utc::now() - chrono::Duration::seconds(5))
+            .await;
+        assert_eq!(rows.expect("rows").len(), 3);
+
+        c.leave().await;
+        wait_until("a and b take c's share", || a.live() == 2 && b.live() == 2).await;
+        // b dies without leaving: its heartbeat stops, its row stays until the TTL.
+        b.inner.stop.cancel();
+        let killed = Instant::now();
+        wait_until("a counts b out", || a.live() == 1).await;
+        assert!(killed.elapsed() >= FAST.ttl / 2, "{:?}", killed.elapsed());
+        assert_eq!(rps(&a), 30.0);
+        a.leave().await;
+        let rows = db
+            .live_replicas(Utc::now() - chrono::Duration::seconds(5))
+            .await;
+        let owners: Vec<String> = rows.expect("rows").into_iter().map(|r| r.owner).collect();
+        assert_eq!(
+            owners,
+            ["b"],
+            "only the killed replica's row is left, until forgotten"
+        );
+    }
+
+    /// A row left by a killed predecessor on this node is forgotten at once; one of another
+    /// node (whose pids this host cannot check) counts until its TTL.
+    async fn dead_neighbours_are_forgotten_at_join(db: StateDb) {
+        let mut dead = row(1);
+        dead.owner = "dead-here".into();
+        dead.pid = i64::from(u32::MAX);
+        dead.node = node();
+        db.replica_heartbeat(&dead, FAST.ttl)
+            .await
+            .expect("dead row");
+        let mut elsewhere = dead.clone();
+        elsewhere.owner = "elsewhere".into();
+        elsewhere.node = "other-boot/pid:[1]".into();
+        elsewhere.budget_divisor = 2;
+        db.replica_heartbeat(&elsewhere, FAST.ttl)
+            .await
+            .expect("remote row");
+        let a = Replicas::join(&db, &graph(), "a", FAST).await.expect("a");
+        assert_eq!(
+            a.live(),
+            2,
+            "the remote row counts, the dead local one does not"
+        );
+        let since = Utc::now() - chrono::Duration::seconds(5);
+        let owners: Vec<String> = (db.live_replicas(since).await.expect("rows"))
+            .into_iter()
+            .map(|r| r.owner)
+            .collect();
+        assert_eq!(owners.len(), 2);
+        assert!(!owners.contains(&"dead-here".to_string()), "{owners:?}");
+        a.leave().await;
+    }
+
+    /// With the database gone, a replica keeps its last share instead of growing.
+    async fn unreachable_registry_keeps_the_last_share(db: StateDb) {
+        let a = Replicas::join(&db, &graph(), "a", FAST).await.expect("a");
+        let b = Replicas::join(&db, &graph(), "b", FAST).await.expect("b");
+        assert_eq!(b.live(), 2);
+        db.close().await;
+        tokio::time::sleep(FAST.ttl * 2).await;
+        assert_eq!((a.live(), b.live()), (2, 2), "no growth without a count");
+        a.leave().await;
+        b.leave().await;
+    }
+
+    macro_rules! both_backends {
+        ($($name:ident),* $(,)?) => {
+            mod sqlite {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        let dir = tempfile::tempdir().expect("temporary directory");
+                        let db = super::testing::sqlite_in(dir.path())
+                            .await
+                            .unwrap_or_else(|e| panic!("SQLite state database: {e}"));
+                        super::$name(db).await;
+                    }
+                )*
+            }
+            mod postgres {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        let db = match super::testing::fresh_postgres().await {
+                            Ok(Some(db)) => db,
+                            Ok(None) => return,
+                            Err(e) => panic!("PostgreSQL state database: {e}"),
+                        };
+                        super::$name(db).await;
+                    }
+                )*
+            }
+        };
+    }
+
+    both_backends!(
+        shares_follow_the_live_replicas,
+        dead_neighbours_are_forgotten_at_join,
+        unreachable_registry_keeps_the_last_share
+    );
+}

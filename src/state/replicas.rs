@@ -1,0 +1,244 @@
+//! The replica registry: one row per running archiver process, rewritten by its heartbeat, so
+//! that replicas sharing one database know how many of them split the tenant's Graph rate
+//! budget. "Live" means a heartbeat within a TTL, judged by the caller's clock (as leases are:
+//! the hosts' clocks must agree to well within the TTL, which NTP gives). A clean exit deletes
+//! its row; a killed replica's row stops counting after the TTL and is deleted later.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::any::AnyRow;
+
+use super::types::{to_ms, RowReader};
+use super::{StateDb, StateError};
+
+/// Rows silent for this many TTLs are deleted by the next heartbeat of any replica: long
+/// after they stopped counting, so `status` can still show a replica that just died.
+const FORGET_AFTER_TTLS: u32 = 10;
+
+/// A running archiver process as the registry shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReplicaRow {
+    /// The scheduler's lease owner id (`host:pid:random`).
+    pub owner: String,
+    pub host: String,
+    pub pid: i64,
+    /// Boot id and pid namespace of the process: a replica with the same node can tell from
+    /// `pid` whether this one still runs.
+    pub node: String,
+    pub started_at: DateTime<Utc>,
+    pub heartbeat_at: DateTime<Utc>,
+    /// How many replicas this one divides the tenant-wide budgets by right now.
+    pub budget_divisor: i64,
+}
+
+impl StateDb {
+    /// Records a heartbeat of `me` (its row is created if missing, e.g. after an outage made
+    /// others forget it), deletes rows silent for `FORGET_AFTER_TTLS` TTLs, and returns how
+    /// many replicas heartbeat within `ttl` of `me.heartbeat_at`, this one included. One write
+    /// transaction.
+    pub async fn replica_heartbeat(
+        &self,
+        me: &ReplicaRow,
+        ttl: Duration,
+    ) -> Result<u32, StateError> {
+        const OP: &str = "replica_heartbeat";
+        let now = to_ms(me.heartbeat_at);
+        let mut tx = self.begin_write(OP).await?;
+        sqlx::query(
+            "INSERT INTO replicas (owner, host, pid, node, started_at, heartbeat_at, \
+               budget_divisor) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (owner) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, \
+               budget_divisor = excluded.budget_divisor",
+        )
+        .bind(&me.owner)
+        .bind(&me.host)
+        .bind(me.pid)
+        .bind(&me.node)
+        .bind(to_ms(me.started_at))
+        .bind(now)
+        .bind(me.budget_divisor)
+        .execute(tx.conn())
+        .await
+        .map_err(StateError::op(OP))?;
+        sqlx::query("DELETE FROM replicas WHERE heartbeat_at < $1")
+            .bind(now.saturating_sub(ms(ttl.saturating_mul(FORGET_AFTER_TTLS))))
+            .execute(tx.conn())
+            .await
+            .map_err(StateError::op(OP))?;
+        let live: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM replicas WHERE heartbeat_at >= $1")
+                .bind(now.saturating_sub(ms(ttl)))
+                .fetch_one(tx.conn())
+                .await
+                .map_err(StateError::op(OP))?;
+        tx.commit(OP).await?;
+        // Our own row was just written, so at least one.
+        Ok(u32::try_from(live).unwrap_or(u32::MAX).max(1))
+    }
+
+    /// Records the divisor `owner` now applies to its budgets (after a change of the count), so
+    /// that a replica that is starting can see when the others have made room for it.
+    pub async fn set_replica_divisor(&self, owner: &str, divisor: u32) -> Result<(), StateError> {
+        let _slot = self.writer_slot().await;
+        sqlx::query("UPDATE replicas SET budget_divisor = $2 WHERE owner = $1")
+            .bind(owner)
+            .bind(i64::from(divisor))
+            .execute(self.pool())
+            .await
+            .map(|_| ())
+            .map_err(StateError::op("set_replica_divisor"))
+    }
+
+    /// Replicas whose last heartbeat is at or after `since`, oldest first.
+    pub async fn live_replicas(&self, since: DateTime<Utc>) -> Result<Vec<ReplicaRow>, StateError> {
+        const OP: &str = "live_replicas";
+        let rows = sqlx::query(
+            "SELECT owner, host, pid, node, started_at, heartbeat_at, budget_divisor \
+             FROM replicas \
+             WHERE heartbeat_at >= $1 ORDER BY started_at, owner",
+        )
+        .bind(to_ms(since))
+        .fetch_all(self.pool())
+        .await
+        .map_err(StateError::op(OP))?;
+        rows.iter().map(|r| replica_row(r, OP)).collect()
+    }
+
+    /// Deletes `owner`'s row (clean exit); true if there was one.
+    pub async fn remove_replica(&self, owner: &str) -> Result<bool, StateError> {
+        let _slot = self.writer_slot().await;
+        let done = sqlx::query("DELETE FROM replicas WHERE owner = $1")
+            .bind(owner)
+            .execute(self.pool())
+            .await
+            .map_err(StateError::op("remove_replica"))?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn replica_row(row: &AnyRow, op: &'static str) -> Result<ReplicaRow, StateError> {
+    let r = RowReader::new(row, op);
+    Ok(ReplicaRow {
+        owner: r.string("owner")?,
+        host: r.string("host")?,
+        pid: r.int("pid")?,
+        node: r.string("node")?,
+        started_at: r.time("started_at")?,
+        heartbeat_at: r.time("heartbeat_at")?,
+        budget_divisor: r.int("budget_divisor")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::testing;
+    use chrono::TimeZone;
+
+    const TTL: Duration = Duration::from_secs(6);
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_700_000_000 + secs, 0)
+            .single()
+            .expect("valid test instant")
+    }
+
+    fn replica(owner: &str, heartbeat: i64) -> ReplicaRow {
+        ReplicaRow {
+            owner: owner.into(),
+            host: "host-a".into(),
+            pid: 4242,
+            node: "boot/pidns".into(),
+            started_at: at(0),
+            heartbeat_at: at(heartbeat),
+            budget_divisor: 1,
+        }
+    }
+
+    async fn beat(db: &StateDb, owner: &str, secs: i64) -> u32 {
+        db.replica_heartbeat(&replica(owner, secs), TTL)
+            .await
+            .expect("heartbeat")
+    }
+
+    /// Live = a heartbeat within the TTL; a silent replica stops counting, then is forgotten;
+    /// a clean exit removes the row at once.
+    async fn live_count_follows_heartbeats(db: StateDb) {
+        assert_eq!(beat(&db, "a", 0).await, 1);
+        assert_eq!(beat(&db, "b", 1).await, 2);
+        assert_eq!(
+            beat(&db, "a", 2).await,
+            2,
+            "a second beat is not a second replica"
+        );
+        assert_eq!(beat(&db, "c", 3).await, 3);
+        // b's last beat was at 1: at 8 it is older than the 6 s TTL.
+        assert_eq!(beat(&db, "a", 8).await, 2);
+        let live = db.live_replicas(at(8) - TTL).await.expect("live");
+        let owners: Vec<&str> = live.iter().map(|r| r.owner.as_str()).collect();
+        assert_eq!(owners, ["a", "c"]);
+        assert_eq!(live[0].host, "host-a");
+        assert_eq!(live[0].pid, 4242);
+        assert_eq!(live[0].node, "boot/pidns");
+        assert_eq!(live[0].heartbeat_at, at(8));
+        // Not yet forgotten (status can still show it) ...
+        assert_eq!(db.live_replicas(at(0)).await.expect("all").len(), 3);
+        // ... until FORGET_AFTER_TTLS TTLs have passed.
+        assert_eq!(beat(&db, "a", 62).await, 1);
+        assert_eq!(db.live_replicas(at(0)).await.expect("all").len(), 2);
+        assert!(db.remove_replica("a").await.expect("remove"));
+        assert!(!db.remove_replica("a").await.expect("remove again"));
+        assert_eq!(db.live_replicas(at(0)).await.expect("all").len(), 1);
+    }
+
+    async fn divisor_is_recorded(db: StateDb) {
+        beat(&db, "a", 0).await;
+        db.set_replica_divisor("a", 3).await.expect("divisor");
+        let rows = db.live_replicas(at(0)).await.expect("live");
+        assert_eq!(rows[0].budget_divisor, 3);
+        // The next heartbeat writes what the replica applies then.
+        let mut me = replica("a", 1);
+        me.budget_divisor = 2;
+        db.replica_heartbeat(&me, TTL).await.expect("beat");
+        let rows = db.live_replicas(at(0)).await.expect("live");
+        assert_eq!(rows[0].budget_divisor, 2);
+    }
+
+    macro_rules! both_backends {
+        ($($name:ident),* $(,)?) => {
+            mod sqlite {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        let dir = tempfile::tempdir().expect("temporary directory");
+                        let db = super::testing::sqlite_in(dir.path())
+                            .await
+                            .unwrap_or_else(|e| panic!("SQLite state database: {e}"));
+                        super::$name(db).await;
+                    }
+                )*
+            }
+            mod postgres {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        let db = match super::testing::fresh_postgres().await {
+                            Ok(Some(db)) => db,
+                            Ok(None) => return,
+                            Err(e) => panic!("PostgreSQL state database: {e}"),
+                        };
+                        super::$name(db).await;
+                    }
+                )*
+            }
+        };
+    }
+
+    both_backends!(live_count_follows_heartbeats, divisor_is_recorded);
+}
