@@ -3,12 +3,14 @@
 //!   cargo bench --bench chats -- [--users N] [--chats N] [--per-chat N] [--runs N]
 //!                                [--rps R] [--recording-mib N] [--skip-chats] [--skip-recording]
 //!                                [--dir PATH]   (where state and archive live; default: TMPDIR)
+//!   scripts/with-postgres.sh cargo bench --bench chats -- --replicas N [...]
 //!
 //! 1. Chat messages: a fresh simulated tenant (every user in several 1:1, group and meeting
 //!    chats, so each message is exported once per member), `m365-archiver run --once` with the
 //!    chats source as a child process. Reports getAllMessages requests/s against the 200 rps
 //!    budget, 429s, requests per archived message version, records/s, CPU and peak RSS, and
-//!    checks the archive against the ground truth.
+//!    checks the archive against the ground truth. With `--replicas N`, N `run --once`
+//!    processes share one fresh PostgreSQL database, the simulator and the archive folder.
 //! 2. Recording streaming: one meeting with a recording of `--recording-mib` MiB (1 GiB by
 //!    default), archived by a child process; reports its peak RSS (wait4's ru_maxrss) and the
 //!    transfer rate, and checks the stored object's sha256 by streaming it back from disk.
@@ -22,7 +24,7 @@ use m365_archiver::archive::fs::FsStore;
 use m365_archiver::archive::ArchiveStore;
 use m365_archiver::groundtruth;
 use m365_archiver::sim::{self, SimConfig, TeamsSimConfig};
-use measure::{class_requests, median, run_child, Usage};
+use measure::{class_requests, median, run_child, run_replicas, setup, state_url, Usage};
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::time::{Duration, Instant};
@@ -40,6 +42,8 @@ struct Args {
     recording_bench: bool,
     /// Where each run's state and archive live (a new directory inside it per run).
     dir: Option<std::path::PathBuf>,
+    /// N processes on PostgreSQL instead of one on SQLite.
+    replicas: Option<usize>,
 }
 
 fn parse_args() -> Args {
@@ -53,6 +57,7 @@ fn parse_args() -> Args {
         chats_bench: true,
         recording_bench: true,
         dir: None,
+        replicas: None,
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -69,6 +74,7 @@ fn parse_args() -> Args {
             "--skip-chats" => (a.chats_bench, step) = (false, 1),
             "--skip-recording" => (a.recording_bench, step) = (false, 1),
             "--dir" => a.dir = Some(next.into()),
+            "--replicas" => a.replicas = next.parse().ok().filter(|n| *n >= 1),
             _ => step = 1,
         }
         i += step;
@@ -107,8 +113,8 @@ fn main() {
         }
         let med = |g: fn(&(ChatFigures, ChatFigures)) -> f64| median(all.iter().map(g).collect());
         println!(
-            "chats median of {} run(s), {} users, {} chats x {} messages: backfill budget used {:.1}% (429s {:.2}%, {:.0} versions/s, {:.4} requests per archived version, CPU s/10k {:.3}, peak RSS {:.1} MiB) | re-sweep budget used {:.1}% (429s {:.2}%)",
-            all.len(), args.users, args.chats, args.per_chat,
+            "chats median of {} run(s), {} users, {} chats x {} messages, {}: backfill budget used {:.1}% (429s {:.2}%, {:.0} versions/s, {:.4} requests per archived version, CPU s/10k {:.3}, peak RSS {:.1} MiB) | re-sweep budget used {:.1}% (429s {:.2}%)",
+            all.len(), args.users, args.chats, args.per_chat, setup(args.replicas),
             med(|f| f.0.budget_fraction) * 100.0, med(|f| f.0.throttled_pct), med(|f| f.0.versions_per_s),
             med(|f| f.0.requests_per_version), med(|f| f.0.cpu_s_per_10k), med(|f| f.0.peak_rss_mib),
             med(|f| f.1.budget_fraction) * 100.0, med(|f| f.1.throttled_pct)
@@ -164,18 +170,26 @@ async fn chat_run(args: &Args) -> (ChatFigures, ChatFigures, tempfile::TempDir) 
         "[graph.rate_limits]\nmessages_rps = {}\nother_rps = 100\n",
         args.rps
     );
+    let state = state_url(dir.path(), args.replicas).await;
     let write = |export: &str| {
-        let text = config_text(&sim.authority(), dir.path(), "chats", &graph, export);
+        let text = config_text(
+            &sim.authority(),
+            dir.path(),
+            &state,
+            "chats",
+            &graph,
+            export,
+        );
         std::fs::write(&config, text).expect("config");
     };
     write("");
-    let backfill = measured_chat_pass(&sim, &config, args.rps).await;
+    let backfill = measured_chat_pass(&sim, &config, args).await;
     let store = FsStore::new(dir.path().join("archive"));
     let stored = store.list("records/").await.expect("list").len();
     // Look back over the whole history at once: every page is made of versions already
     // archived, so this pass shows the request pacing alone.
     write("lookback = \"40d\"\nlookback_interval = \"1s\"");
-    let resweep = measured_chat_pass(&sim, &config, args.rps).await;
+    let resweep = measured_chat_pass(&sim, &config, args).await;
     assert_eq!(
         store.list("records/").await.expect("list").len(),
         stored,
@@ -189,7 +203,7 @@ async fn chat_run(args: &Args) -> (ChatFigures, ChatFigures, tempfile::TempDir) 
 async fn measured_chat_pass(
     sim: &sim::SimHandle,
     config: &std::path::Path,
-    rps: f64,
+    args: &Args,
 ) -> ChatFigures {
     reqwest::Client::new()
         .delete(format!("{}/_sim/stats", sim.authority()))
@@ -197,9 +211,8 @@ async fn measured_chat_pass(
         .await
         .expect("reset stats");
     let started = Instant::now();
-    let (status, usage) = run_child(config);
+    let usage = run_replicas(config, args.replicas);
     let wall = started.elapsed();
-    assert!(status == 0, "archiver exited {status}");
     let stats: serde_json::Value = reqwest::get(format!("{}/_sim/stats", sim.authority()))
         .await
         .expect("stats")
@@ -214,7 +227,7 @@ async fn measured_chat_pass(
         .await
         .expect("compare");
     assert!(cmp.is_exact(), "{}", cmp.summary());
-    chat_figures(&stats, cmp.matched as f64, wall, usage, rps)
+    chat_figures(&stats, cmp.matched as f64, wall, usage, args.rps)
 }
 
 async fn recording_run(mib: u64) -> (f64, Duration, u64) {
@@ -237,7 +250,14 @@ async fn recording_run(mib: u64) -> (f64, Duration, u64) {
     let config = dir.path().join("bench.toml");
     std::fs::write(
         &config,
-        config_text(&sim.authority(), dir.path(), "recordings", "", ""),
+        config_text(
+            &sim.authority(),
+            dir.path(),
+            &format!("sqlite://{}/state.db", dir.path().display()),
+            "recordings",
+            "",
+            "",
+        ),
     )
     .expect("config");
     let started = Instant::now();
@@ -279,6 +299,7 @@ fn stream_sha256(path: &std::path::Path) -> String {
 fn config_text(
     authority: &str,
     dir: &std::path::Path,
+    state_url: &str,
     source: &str,
     extra: &str,
     export_extra: &str,
@@ -293,7 +314,7 @@ base_url = "{authority}/v1.0"
 authority = "{authority}"
 {extra}
 [state]
-url = "sqlite://{dir}/state.db"
+url = "{state_url}"
 [store]
 kind = "fs"
 path = "{dir}/archive"

@@ -17,7 +17,7 @@ mod measure;
 
 use m365_archiver::archive::fs::FsStore;
 use m365_archiver::groundtruth;
-use measure::{class_requests, median, run_children, Usage};
+use measure::{class_requests, median, run_replicas, setup, state_url, Usage};
 use std::time::{Duration, Instant};
 
 struct Args {
@@ -87,7 +87,7 @@ fn main() {
     let med = |g: fn(&Figures) -> f64| median(all.iter().map(g).collect());
     println!(
         "median of {} run(s), {} users x {} interactions, {}: records/s {:.0} | budget used {:.1}% | 429s {:.2}% | CPU s/10k records {:.3} | peak RSS {:.1} MiB",
-        all.len(), args.users, args.per_user, setup(&args),
+        all.len(), args.users, args.per_user, setup(args.replicas),
         med(|f| f.records_per_s), med(|f| f.budget_fraction) * 100.0, med(|f| f.throttled_pct),
         med(|f| f.cpu_s_per_10k), med(|f| f.peak_rss_mib)
     );
@@ -99,20 +99,13 @@ async fn one_run(args: &Args) -> Figures {
     let authority = sim.authority.clone();
     sim.wait_ready().await;
     let config = dir.path().join("bench.toml");
-    let state_url = state_url(dir.path(), args).await;
+    let state_url = state_url(dir.path(), args.replicas).await;
     let text = config_text(&authority, dir.path(), &state_url, args.rps);
     std::fs::write(&config, text).expect("config");
 
     let started = Instant::now();
-    let exits = run_children(&config, args.replicas.unwrap_or(1));
+    let usage = run_replicas(&config, args.replicas);
     let wall = started.elapsed();
-    for (status, _) in &exits {
-        assert!(*status == 0, "archiver exited {status}");
-    }
-    let usage = Usage {
-        cpu: exits.iter().map(|(_, u)| u.cpu).sum(),
-        max_rss_kib: exits.iter().map(|(_, u)| u.max_rss_kib).max().unwrap_or(0),
-    };
 
     let stats: serde_json::Value = reqwest::get(format!("{authority}/_sim/stats"))
         .await
@@ -188,26 +181,6 @@ impl Drop for SimProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// "1 process, SQLite" or "3 replicas, PostgreSQL", for the summary line.
-fn setup(args: &Args) -> String {
-    match args.replicas {
-        None => "1 process, SQLite".into(),
-        Some(n) => format!("{n} replica(s), PostgreSQL"),
-    }
-}
-
-/// SQLite in the run's directory, or a fresh database on the cluster of
-/// scripts/with-postgres.sh when replicas are asked for.
-async fn state_url(dir: &std::path::Path, args: &Args) -> String {
-    if args.replicas.is_none() {
-        return format!("sqlite://{}/state.db", dir.display());
-    }
-    m365_archiver::state::testing::fresh_postgres_url()
-        .await
-        .expect("a fresh PostgreSQL database")
-        .expect("--replicas needs PostgreSQL: run under scripts/with-postgres.sh")
 }
 
 fn config_text(authority: &str, dir: &std::path::Path, state_url: &str, rps: f64) -> String {

@@ -146,6 +146,22 @@ fn summary(args: &Args, notif: &[Figures], poll: &[Figures]) {
         med(notif, |f| f.requests_per_record),
         med(notif, |f| f.interaction_requests / f.records.max(1.0)),
     );
+    // One line for scripts/benchmarks.sh.
+    let polling = match poll.is_empty() {
+        true => String::new(),
+        false => format!(
+            " | polling every {} s: p50 {:.2} s, p99 {:.2} s, {:.4} requests per record",
+            args.poll_s,
+            med(poll, |f| f.p50_s),
+            med(poll, |f| f.p99_s),
+            med(poll, |f| f.requests_per_record)
+        ),
+    };
+    println!(
+        "notifications median of {} run(s), {} users, {} records/s for {} s: notifications p50 {p50:.2} s, p99 {p99:.2} s, {:.4} requests per record{polling}",
+        notif.len(), args.users, records_per_s, args.seconds,
+        med(notif, |f| f.requests_per_record)
+    );
     if !poll.is_empty() {
         println!(
             "  polling every {} s: latency p50 {:.2} s | p99 {:.2} s | max {:.2} s | measured requests per record {:.4}",

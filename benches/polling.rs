@@ -447,6 +447,26 @@ fn report(a: &Args, sim: &Sim, tallies: &[Tally], interactions: u64, took: Durat
         );
     }
     println!("(simulated in {:.1} s)", took.as_secs_f64());
+    // One line for scripts/benchmarks.sh.
+    let schedules: Vec<String> = (tallies[2..].iter())
+        .map(|t| {
+            format!(
+                "{}: {:.0} requests/day ({:.1}x fewer than naive), {:.1}% within 1h, max delay {}",
+                t.name,
+                t.requests as f64 / a.days as f64,
+                ratio(naive, t),
+                t.delays.share_within_s(3600) * 100.0,
+                human(t.delays.max_ms)
+            )
+        })
+        .collect();
+    println!(
+        "polling summary, {} users, max_staleness {}, base {}: {}",
+        a.users,
+        human(sim.max),
+        human(sim.base),
+        schedules.join(" | ")
+    );
 }
 
 fn row(a: &Args, sim: &Sim, t: &Tally) {

@@ -6,10 +6,12 @@
 //! advance the checkpoint, together, in one transaction.
 
 use crate::archive::{keys, sha256_hex, ArchiveStore, PutItem, PutOutcome, StoreError};
-use crate::graph::{GraphClient, GraphError, Record};
+use crate::graph::{GraphClient, GraphError, Page, Record};
 use crate::manifest::{Manifest, ManifestEntry};
 use crate::sources::{RecordMeta, Scope, Source, Window};
-use crate::state::{AuditEntry, CatalogueEntry, ManifestRow, StateDb, StateError, WindowCommit};
+use crate::state::{
+    AuditEntry, CatalogueEntry, ManifestRow, ScopeEnd, StateDb, StateError, WindowCommit,
+};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use std::collections::HashSet;
@@ -52,13 +54,15 @@ pub struct WindowReport {
 }
 
 /// How the checkpoint moves when the window completes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct WindowPlan {
     pub window: Window,
     /// New watermark (catch-up windows); None for look-back sweeps.
     pub advance_to: Option<DateTime<Utc>>,
     /// Set for look-back sweeps.
     pub lookback_done_at: Option<DateTime<Utc>>,
+    /// On a scope's last window: its schedule and lease release, committed with the window.
+    pub end: Option<Arc<ScopeEnd>>,
 }
 
 #[derive(Clone)]
@@ -97,6 +101,8 @@ impl Ingestor {
 
     /// Fetches every page of one window and commits it. On error nothing is committed for the
     /// window (records already stored stay stored and catalogued; the retry dedups them).
+    /// The next page is fetched while the current one is stored, so writes do not idle the
+    /// request budget; at most one page is prefetched per scope.
     pub async fn run_window(
         &self,
         graph: &GraphClient,
@@ -104,28 +110,53 @@ impl Ingestor {
         scope: &Scope,
         plan: &WindowPlan,
     ) -> Result<WindowReport, IngestError> {
-        let mut url = source.window_url(graph.base_url(), scope, &plan.window);
-        let headers = source.headers();
+        let first = source.window_url(graph.base_url(), scope, &plan.window);
+        let headers = &source.headers();
+        let fetch =
+            |url: url::Url| async move { graph.get_page(&url, source.endpoint(), headers).await };
         let mut report = WindowReport::default();
         let mut entries = Vec::new();
+        let mut page = fetch(first).await?;
         loop {
-            let page = graph.get_page(&url, source.endpoint(), &headers).await?;
             report.pages += 1;
-            // Content (meeting transcripts, recordings) is archived with its records, before
-            // the window can complete; see ingest/content.rs.
-            let content = self.pending_content(graph, source, scope, &page.records);
-            self.ingest_records(source, scope, page.records, &mut entries, &mut report)
-                .await?;
-            self.archive_content(graph, source, scope, content, &mut entries, &mut report)
-                .await?;
-            match page.next_link {
-                Some(next) => url = source.next_page_url(next),
-                None => break,
+            let next = page.next_link.take().map(|n| source.next_page_url(n));
+            let ingest = self.ingest_page(
+                graph,
+                source,
+                scope,
+                page.records,
+                &mut entries,
+                &mut report,
+            );
+            match next {
+                Some(url) => page = ingest_while_fetching(ingest, fetch(url)).await?,
+                None => {
+                    ingest.await?;
+                    break;
+                }
             }
         }
         self.commit_window(source, scope, plan, entries, &report)
             .await?;
         Ok(report)
+    }
+
+    /// Stores one page's records and their content (meeting transcripts, recordings), which
+    /// is archived with its records, before the window can complete; see ingest/content.rs.
+    async fn ingest_page(
+        &self,
+        graph: &GraphClient,
+        source: &dyn Source,
+        scope: &Scope,
+        records: Vec<Record>,
+        entries: &mut Vec<ManifestEntry>,
+        report: &mut WindowReport,
+    ) -> Result<(), IngestError> {
+        let content = self.pending_content(graph, source, scope, &records);
+        self.ingest_records(source, scope, records, entries, report)
+            .await?;
+        self.archive_content(graph, source, scope, content, entries, report)
+            .await
     }
 
     /// Stores and catalogues the new versions among `records`, appending manifest entries.
@@ -326,8 +357,7 @@ impl Ingestor {
             planned.push(self.planned(&key, scope, &item, &custody, planned_at));
             catalogue.push(catalogue_entry(src, scope, key, &item, now));
         }
-        self.record_planned(&planned).await?;
-        self.state.catalogue_insert(&catalogue).await?;
+        self.record_archived(&planned, &catalogue).await?;
         self.late_holds(&custody, &planned).await?;
         if let Some(err) = conflict {
             self.report_conflict(&err).await?;
@@ -407,7 +437,9 @@ impl Ingestor {
             new_records: report.new as i64,
             now,
         };
-        self.state.commit_window(&commit).await?;
+        self.state
+            .commit_window_ending(&commit, plan.end.as_deref())
+            .await?;
         Ok(())
     }
 
@@ -427,6 +459,17 @@ impl Ingestor {
             .await?;
         Ok(())
     }
+}
+
+/// Runs a page's ingest and the next page's fetch together. An ingest error wins and drops
+/// the prefetched page; a fetch error is returned once the ingest has finished.
+async fn ingest_while_fetching(
+    ingest: impl std::future::Future<Output = Result<(), IngestError>>,
+    fetch: impl std::future::Future<Output = Result<Page, GraphError>>,
+) -> Result<Page, IngestError> {
+    let fetch = async { Ok::<_, IngestError>(fetch.await) };
+    let ((), fetched) = tokio::try_join!(ingest, fetch)?;
+    Ok(fetched?)
 }
 
 fn manifest_entry(key: &str, item: &Item, new: bool) -> ManifestEntry {

@@ -11,6 +11,14 @@
 //! replica keeps its last share: it never grows to the full budget for lack of the count (its
 //! leases cannot be renewed either, so its exports stop).
 //!
+//! A replica with nothing to send (its pass is over; all it has left is scopes leased elsewhere
+//! that it waits for; the daemon between passes) gives its share up: once no export holds the
+//! budget ([`crate::graph::Busy`]) and no request went out for a quarter of a heartbeat, it
+//! parks its budget (its requests wait from then on), then marks itself idle in the registry,
+//! and the others count it out and grow at their next heartbeat. A request arriving at the
+//! parked budget makes it active again as it started: its row counts again first, and the
+//! request waits until the others' rows show they have shrunk to make room for it.
+//!
 //! A replica restarted on the same host (systemd, a crash) does not wait for the row its dead
 //! predecessor left: rows of the same node (boot and pid namespace) whose process is gone are
 //! deleted when a replica joins.
@@ -40,6 +48,18 @@ pub struct Timing {
     pub ttl: Duration,
 }
 
+impl Timing {
+    /// How long the budget must go unused before the replica gives its share up.
+    fn quiet(&self) -> Duration {
+        self.heartbeat / 4
+    }
+
+    /// How often the registry task looks at the budget's use between heartbeats.
+    fn tick(&self) -> Duration {
+        (self.heartbeat / 8).max(Duration::from_millis(5))
+    }
+}
+
 impl Default for Timing {
     fn default() -> Self {
         Timing {
@@ -65,6 +85,8 @@ struct Inner {
     timing: Timing,
     stop: CancellationToken,
     task: Mutex<Option<JoinHandle<()>>>,
+    /// When this replica last went idle; None while active.
+    idle_since: Mutex<Option<chrono::DateTime<Utc>>>,
 }
 
 impl std::fmt::Debug for Replicas {
@@ -97,13 +119,15 @@ impl Replicas {
                 timing,
                 stop: CancellationToken::new(),
                 task: Mutex::new(None),
+                idle_since: Mutex::new(None),
             }),
         };
         replicas.inner.forget_dead_neighbours().await;
-        let live = replicas.inner.beat().await?;
-        replicas.inner.apply(live).await;
+        replicas.inner.beat(false).await?;
         crate::ops::metrics::budget_share(&graph.budget_share());
         replicas.inner.wait_for_room().await;
+        // About to send: not idle before the first request.
+        graph.budget().touch();
         let inner = Arc::clone(&replicas.inner);
         let task = tokio::spawn(async move { inner.run().await });
         *replicas
@@ -119,8 +143,14 @@ impl Replicas {
         self.inner.graph.budget_share().replicas
     }
 
+    /// Whether this replica has given its share up (parked budget, idle in the registry).
+    pub fn is_idle(&self) -> bool {
+        self.inner.graph.budget().is_parked()
+    }
+
     /// Stops the heartbeat and deletes this replica's row, so that the others take over its
     /// share at their next heartbeat. Bounded in time: a row left behind expires after the TTL.
+    /// A replica idle by then stays parked: it is no longer counted anywhere.
     pub async fn leave(&self) {
         self.inner.stop.cancel();
         let task = self
@@ -148,25 +178,46 @@ impl Replicas {
 }
 
 impl Inner {
+    /// Heartbeats; between them, gives the share up as soon as the budget goes unused, and
+    /// takes one back when a request waits for it.
     async fn run(&self) {
+        let budget = self.graph.budget();
         let mut healthy = true;
+        let mut next_beat = Instant::now() + self.timing.heartbeat;
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => return,
-                _ = tokio::time::sleep(self.timing.heartbeat) => {}
+                _ = tokio::time::sleep(self.timing.tick()) => {}
+                _ = budget.activity_changed() => {}
             }
-            match self.beat().await {
-                Ok(live) => {
+            let due = Instant::now() >= next_beat;
+            let step = if budget.is_parked() {
+                if budget.wanted() && (healthy || due) {
+                    self.wake().await
+                } else if due {
+                    self.beat(true).await.map(|_| ())
+                } else {
+                    continue;
+                }
+            } else if healthy && budget.park_if_unused(self.timing.quiet()) {
+                self.idle().await
+            } else if due {
+                self.beat(false).await.map(|_| ())
+            } else {
+                continue;
+            };
+            next_beat = Instant::now() + self.timing.heartbeat;
+            match step {
+                Ok(()) => {
                     if !healthy {
                         tracing::info!("replica registry reachable again");
                     }
                     healthy = true;
-                    self.apply(live).await;
                 }
                 Err(e) => {
                     if healthy {
                         let share = self.graph.budget_share().replicas;
-                        tracing::warn!(error = %e, replicas = share, "cannot heartbeat in the replica registry; keeping the current share of the rate budget");
+                        tracing::warn!(error = %e, replicas = share, idle = budget.is_parked(), "cannot heartbeat in the replica registry; keeping the current share of the rate budget");
                     }
                     healthy = false;
                 }
@@ -174,8 +225,49 @@ impl Inner {
         }
     }
 
-    /// Writes the heartbeat (with the divisor applied now) and returns the live count.
-    async fn beat(&self) -> Result<u32, StateError> {
+    /// The budget is parked (nothing is sent from now on): says so in the registry, so that the
+    /// others count this replica out at their next heartbeat. If that write fails the others
+    /// keep counting it: they send less, never more.
+    async fn idle(&self) -> Result<(), StateError> {
+        tracing::debug!("nothing to send: giving the share of the rate budget up");
+        let mut none = self.graph.budget_share();
+        none.budgets.interactions_rps = 0.0;
+        none.budgets.messages_rps = 0.0;
+        none.budgets.other_rps = 0.0;
+        crate::ops::metrics::budget_share(&none);
+        self.beat(true).await.map(|_| ())
+    }
+
+    /// A request waits at the parked budget: counted again first, then, once the others have
+    /// made room (as at [`Replicas::join`]), the budget opens at the new share.
+    async fn wake(&self) -> Result<(), StateError> {
+        self.beat(false).await?;
+        self.wait_for_room().await;
+        self.graph.budget().unpark();
+        let share = self.graph.budget_share();
+        tracing::debug!(
+            replicas = share.replicas,
+            "work to send again: back to a share of the rate budget"
+        );
+        crate::ops::metrics::budget_share(&share);
+        Ok(())
+    }
+
+    /// Writes the heartbeat, idle or active, and returns the count of active replicas. When
+    /// active, applies it: a larger count shrinks the share inside the heartbeat's transaction,
+    /// before the row records the new divisor; a smaller one grows the share only after the
+    /// row recording it is committed. So the row never shows less than the share applied.
+    async fn beat(&self, idle: bool) -> Result<u32, StateError> {
+        let idle_since = {
+            let mut since = self.idle_since.lock().unwrap_or_else(|p| p.into_inner());
+            if idle {
+                Some(*since.get_or_insert_with(Utc::now))
+            } else {
+                since.take();
+                None
+            }
+        };
+        let current = self.graph.budget_share().replicas;
         let row = ReplicaRow {
             owner: self.owner.clone(),
             host: self.host.clone(),
@@ -183,9 +275,27 @@ impl Inner {
             node: self.node.clone(),
             started_at: self.started_at,
             heartbeat_at: Utc::now(),
-            budget_divisor: i64::from(self.graph.budget_share().replicas),
+            budget_divisor: i64::from(current),
+            idle_since,
         };
-        self.state.replica_heartbeat(&row, self.timing.ttl).await
+        let live = self
+            .state
+            .replica_heartbeat_with(&row, self.timing.ttl, |live| {
+                if idle {
+                    return i64::from(current);
+                }
+                if live > current {
+                    self.apply(live);
+                    // What is applied now (the old share if that failed).
+                    return i64::from(self.graph.budget_share().replicas);
+                }
+                i64::from(live.max(1))
+            })
+            .await?;
+        if !idle && live < current {
+            self.apply(live);
+        }
+        Ok(live)
     }
 
     /// Deletes the rows of replicas on this node whose process no longer runs (a predecessor
@@ -208,9 +318,8 @@ impl Inner {
         }
     }
 
-    /// Divides the budgets by `live`; on a change, logs it, updates the metrics and records the
-    /// divisor so that a starting replica sees the room made for it.
-    async fn apply(&self, live: u32) {
+    /// Divides the budgets by `live`; on a change, logs it and updates the metrics.
+    fn apply(&self, live: u32) {
         match self.graph.set_replicas(live) {
             Ok(false) => {}
             Ok(true) => {
@@ -224,9 +333,6 @@ impl Inner {
                     share.replicas
                 );
                 crate::ops::metrics::budget_share(&share);
-                if let Err(e) = self.state.set_replica_divisor(&self.owner, live).await {
-                    tracing::debug!(error = %e, "could not record the budget divisor; the next heartbeat does");
-                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot apply the new share of the rate budget; keeping the current one")
@@ -261,17 +367,17 @@ impl Inner {
                 return;
             }
             tokio::time::sleep(poll).await;
-            if let Ok(live) = self.beat().await {
-                self.apply(live).await;
-            }
+            let _ = self.beat(false).await;
         }
     }
 }
 
-/// True when the shares the replicas apply add up to at most the whole budget.
+/// True when the shares the active replicas apply add up to at most the whole budget (idle
+/// ones send nothing).
 fn shares_fit(rows: &[ReplicaRow]) -> bool {
     let sum: f64 = rows
         .iter()
+        .filter(|r| !r.is_idle())
         .map(|r| 1.0 / (r.budget_divisor.max(1) as f64))
         .sum();
     sum <= 1.0 + 1e-9
@@ -334,6 +440,7 @@ mod tests {
             started_at: Utc::now(),
             heartbeat_at: Utc::now(),
             budget_divisor: divisor,
+            idle_since: None,
         }
     }
 
@@ -347,6 +454,20 @@ mod tests {
         );
         assert!(shares_fit(&[row(0)]), "0 counts as 1");
         assert!(shares_fit(&[]));
+        let mut idle = row(1);
+        idle.idle_since = Some(Utc::now());
+        assert!(
+            shares_fit(&[row(2), row(2), idle]),
+            "an idle replica sends nothing"
+        );
+    }
+
+    /// A graph client whose budget is held in use (an export running), so that its replica
+    /// does not go idle.
+    fn busy_graph() -> (GraphClient, crate::graph::Busy) {
+        let g = graph();
+        let busy = g.busy();
+        (g, busy)
     }
 
     fn rps(r: &Replicas) -> f64 {
@@ -365,13 +486,14 @@ mod tests {
     /// one that leaves gives its share back; one that stops heartbeating (killed) is counted
     /// out after the TTL.
     async fn shares_follow_the_live_replicas(db: StateDb) {
-        let a = Replicas::join(&db, &graph(), "a", FAST).await.expect("a");
+        let ((ga, _a), (gb, _b), (gc, _c)) = (busy_graph(), busy_graph(), busy_graph());
+        let a = Replicas::join(&db, &ga, "a", FAST).await.expect("a");
         assert_eq!((a.live(), rps(&a)), (1, 30.0));
-        let b = Replicas::join(&db, &graph(), "b", FAST).await.expect("b");
+        let b = Replicas::join(&db, &gb, "b", FAST).await.expect("b");
         // b waited for a to make room.
         assert_eq!(a.live(), 2, "a shrank before b returned from join");
         assert_eq!(rps(&b), 15.0);
-        let c = Replicas::join(&db, &graph(), "c", FAST).await.expect("c");
+        let c = Replicas::join(&db, &gc, "c", FAST).await.expect("c");
         assert_eq!((a.live(), b.live(), c.live()), (3, 3, 3));
         assert!((rps(&c) - 10.0).abs() < 1e-9);
         let rows = db
@@ -434,14 +556,131 @@ mod tests {
 
     /// With the database gone, a replica keeps its last share instead of growing.
     async fn unreachable_registry_keeps_the_last_share(db: StateDb) {
-        let a = Replicas::join(&db, &graph(), "a", FAST).await.expect("a");
-        let b = Replicas::join(&db, &graph(), "b", FAST).await.expect("b");
+        let ((ga, _a), (gb, _b)) = (busy_graph(), busy_graph());
+        let a = Replicas::join(&db, &ga, "a", FAST).await.expect("a");
+        let b = Replicas::join(&db, &gb, "b", FAST).await.expect("b");
         assert_eq!(b.live(), 2);
         db.close().await;
         tokio::time::sleep(FAST.ttl * 2).await;
         assert_eq!((a.live(), b.live()), (2, 2), "no growth without a count");
         a.leave().await;
         b.leave().await;
+    }
+
+    fn registry_row(rows: &[ReplicaRow], owner: &str) -> ReplicaRow {
+        rows.iter()
+            .find(|r| r.owner == owner)
+            .cloned()
+            .unwrap_or_else(|| panic!("no row for {owner} in {rows:?}"))
+    }
+
+    async fn rows(db: &StateDb) -> Vec<ReplicaRow> {
+        let since = Utc::now() - chrono::Duration::from_std(FAST.ttl).expect("ttl");
+        db.live_replicas(since).await.expect("rows")
+    }
+
+    /// A replica whose budget goes unused parks it and is counted out: the others grow into
+    /// its share within a heartbeat. A request then waits at its parked budget until it is
+    /// counted again and the others' rows show they have shrunk; only then does it go out.
+    async fn an_idle_replica_gives_its_share_up_and_takes_it_back(db: StateDb) {
+        let ((ga, _a), (gb, _b)) = (busy_graph(), busy_graph());
+        let (gc, c_busy) = busy_graph();
+        let a = Replicas::join(&db, &ga, "a", FAST).await.expect("a");
+        let b = Replicas::join(&db, &gb, "b", FAST).await.expect("b");
+        let c = Replicas::join(&db, &gc, "c", FAST).await.expect("c");
+        wait_until("all three share", || {
+            (a.live(), b.live(), c.live()) == (3, 3, 3)
+        })
+        .await;
+        tokio::time::sleep(FAST.heartbeat).await;
+        assert!(!c.is_idle(), "an export in progress keeps the share");
+
+        drop(c_busy);
+        let done = Instant::now();
+        wait_until("c goes idle", || c.is_idle()).await;
+        let row = registry_row(&rows(&db).await, "c");
+        assert!(row.is_idle(), "{row:?}");
+        wait_until("a and b count c out", || a.live() == 2 && b.live() == 2).await;
+        // A few heartbeats; generous, as the suite shares 2 loaded cores. Without parking,
+        // c would keep its share until it left.
+        assert!(
+            done.elapsed() < Duration::from_secs(5),
+            "share given up late: {:?}",
+            done.elapsed()
+        );
+        assert_eq!(rps(&a), 15.0);
+
+        // c has a request to send: it must not go out before a and b have shrunk. (An export
+        // starting does not wake c by itself: only a request does.)
+        let c_busy = gc.busy();
+        tokio::time::sleep(FAST.heartbeat).await;
+        assert!(c.is_idle() && a.live() == 2);
+        let request = tokio::spawn({
+            let gc = gc.clone();
+            async move {
+                gc.take_slot(crate::graph::Endpoint::Interactions).await;
+            }
+        });
+        let mut saw_waiting = false;
+        while !request.is_finished() {
+            // Parked state first: once c is let through, a and b must already have shrunk.
+            let parked = c.is_idle();
+            let seen = (a.live(), b.live());
+            if parked {
+                saw_waiting |= seen == (2, 2);
+            } else {
+                assert_eq!(seen, (3, 3), "c took its share before a and b shrank");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        request.await.expect("request");
+        assert!(saw_waiting, "the request waited for the others to shrink");
+        assert_eq!((a.live(), b.live(), c.live()), (3, 3, 3));
+        let rows = rows(&db).await;
+        for owner in ["a", "b", "c"] {
+            let row = registry_row(&rows, owner);
+            assert!(!row.is_idle(), "{row:?}");
+            assert_eq!(row.budget_divisor, 3, "{row:?}");
+        }
+        assert!(!c.is_idle());
+        // Nothing uses c's budget any more: it goes idle again.
+        drop(c_busy);
+        wait_until("c idle again", || c.is_idle()).await;
+        wait_until("a and b grow again", || a.live() == 2 && b.live() == 2).await;
+        for r in [a, b, c] {
+            r.leave().await;
+        }
+    }
+
+    /// The gate itself: parked only when unused for the quiet time; a request waits there and
+    /// asks to be let through.
+    #[tokio::test]
+    async fn the_budget_parks_only_when_unused() {
+        let g = graph();
+        let budget = g.budget();
+        let quiet = Duration::from_millis(30);
+        assert!(!budget.park_if_unused(quiet), "just used (created)");
+        tokio::time::sleep(quiet).await;
+        let busy = g.busy();
+        assert!(!budget.park_if_unused(quiet), "an export holds it");
+        drop(busy);
+        assert!(!budget.park_if_unused(quiet), "just used");
+        tokio::time::sleep(quiet).await;
+        assert!(budget.park_if_unused(quiet));
+        assert!(budget.is_parked() && !budget.wanted());
+        let request = tokio::spawn({
+            let g = g.clone();
+            async move { g.take_slot(crate::graph::Endpoint::Other).await }
+        });
+        wait_until("the request asks for the budget", || g.budget().wanted()).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !request.is_finished(),
+            "a parked budget lets nothing through"
+        );
+        budget.unpark();
+        request.await.expect("request");
+        assert!(!budget.wanted() && !budget.is_parked());
     }
 
     macro_rules! both_backends {
@@ -477,6 +716,7 @@ mod tests {
     both_backends!(
         shares_follow_the_live_replicas,
         dead_neighbours_are_forgotten_at_join,
-        unreachable_registry_keeps_the_last_share
+        unreachable_registry_keeps_the_last_share,
+        an_idle_replica_gives_its_share_up_and_takes_it_back
     );
 }

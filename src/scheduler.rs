@@ -11,14 +11,16 @@
 
 mod claims;
 pub mod due;
+#[cfg(test)]
+mod end_tests;
 
 use crate::config::ExportConfig;
 use crate::graph::GraphClient;
 use crate::ingest::{Ingestor, WindowPlan, WindowReport};
 use crate::sources::{Scope, ScopeKind, Source, SourceKind, Window};
-use crate::state::{Checkpoint, ScopeRow, StateDb, StateError};
+use crate::state::{Checkpoint, PollSchedule, ScopeEnd, ScopeRow, StateDb, StateError};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
-use claims::{work_key, LeaseClaims};
+use claims::{work_key, LeaseClaims, Prefetched};
 use futures::stream::{self, StreamExt};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -176,6 +178,7 @@ pub fn plan_windows(
             },
             advance_to: Some(end),
             lookback_done_at: None,
+            end: None,
         });
         mark = end;
     }
@@ -194,6 +197,7 @@ pub fn plan_windows(
             window: Window { start, end: mark },
             advance_to: None,
             lookback_done_at: Some(now),
+            end: None,
         }),
     }
     plans
@@ -384,13 +388,23 @@ impl Scheduler {
     async fn work_items(&self) -> Result<Vec<(Arc<dyn Source>, ScopeRow)>, StateError> {
         let mut by_kind: HashMap<ScopeKind, Vec<ScopeRow>> = HashMap::new();
         let mut work = Vec::new();
-        for source in &self.sources {
+        for (i, source) in self.sources.iter().enumerate() {
             let kind = source.kind().scope_kind();
             if let std::collections::hash_map::Entry::Vacant(e) = by_kind.entry(kind) {
                 e.insert(self.state.active_scopes(kind.as_str()).await?);
             }
-            for row in by_kind.get(&kind).into_iter().flatten() {
-                work.push((source.clone(), row.clone()));
+            // The kind's last source takes its rows instead of cloning them: at 100k scopes
+            // a second copy of every row is most of a pass's memory.
+            let later = self.sources[i + 1..]
+                .iter()
+                .any(|s| s.kind().scope_kind() == kind);
+            if later {
+                for row in by_kind.get(&kind).into_iter().flatten() {
+                    work.push((source.clone(), row.clone()));
+                }
+            } else {
+                let rows = by_kind.remove(&kind).unwrap_or_default();
+                work.extend(rows.into_iter().map(|row| (source.clone(), row)));
             }
         }
         Ok(work)
@@ -480,6 +494,10 @@ impl Scheduler {
                 }
             }
         }
+        let facts = match claims {
+            Some(claims) => claims.facts(&work_key).await,
+            None => None,
+        };
         let scope_cancel = cancel.child_token();
         let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let heartbeat = tokio::spawn(heartbeat(
@@ -491,16 +509,16 @@ impl Scheduler {
             lost.clone(),
         ));
         let mut outcome = self
-            .export_scope(source, row, &scope_cancel, pass_start)
+            .export_scope(source, row, &scope_cancel, pass_start, facts, &work_key)
             .await;
-        if let ScopeOutcome::Done { windows, report } = &outcome {
-            // No window means another replica had just polled it: its schedule stands.
-            if *windows > 0 {
-                self.reschedule(source.kind().as_str(), &row.id, pass_start, report.new > 0)
-                    .await;
-            }
-        }
         heartbeat.abort();
+        // Every window committed, the last one with the scope's schedule and the lease's
+        // release (`ScopeEnd`). A heartbeat that ran after that commit found the lease gone:
+        // not a loss, nothing was left to guard. No window means another replica had just
+        // polled the scope: its schedule stands.
+        if matches!(outcome, ScopeOutcome::Done { windows, .. } if windows > 0) {
+            return outcome;
+        }
         if lost.load(std::sync::atomic::Ordering::SeqCst) && !cancel.is_cancelled() {
             let scope = Scope {
                 kind: source.kind().scope_kind(),
@@ -520,19 +538,28 @@ impl Scheduler {
         outcome
     }
 
-    /// Writes when the scope is next due after its poll in the pass that began at
-    /// `pass_start`, under the lease. If this fails the old schedule stays, which is already
-    /// due or bounded by the previous poll: the scope is polled sooner, never later.
-    async fn reschedule(&self, src: &str, scope_id: &str, pass_start: DateTime<Utc>, new: bool) {
+    /// What the scope's last window commits besides itself: when the scope is next due after
+    /// its poll in the pass that began at `pass_start`, and the lease's release. `prev` is the
+    /// stored schedule, None if it could not be read: then no schedule is written and the old
+    /// one stays, which is already due or bounded by the previous poll (the scope is polled
+    /// sooner, never later).
+    fn scope_end(
+        &self,
+        src: &str,
+        scope_id: &str,
+        work_key: &str,
+        prev: Option<Option<&PollSchedule>>,
+        pass_start: DateTime<Utc>,
+        found_new_before: bool,
+    ) -> ScopeEnd {
         let policy = due::Policy::from_config(&self.export);
         let polled_at = pass_start.timestamp_millis();
-        let written = async {
-            let prev = self.state.poll_schedule(src, scope_id).await?;
-            let next = policy.after_poll(prev.as_ref(), src, scope_id, polled_at, new);
-            self.state.set_poll_schedule(&next).await
-        };
-        if let Err(e) = written.await {
-            tracing::warn!(source = src, scope.id = %scope_id, error = %e, "could not store the poll schedule; the scope is polled again at the next pass");
+        let after = |new| prev.map(|p| policy.after_poll(p, src, scope_id, polled_at, new));
+        ScopeEnd {
+            work_key: work_key.to_owned(),
+            owner: self.owner.clone(),
+            schedule_if_new: after(true),
+            schedule_if_idle: after(found_new_before),
         }
     }
 
@@ -569,6 +596,8 @@ impl Scheduler {
         row: &ScopeRow,
         cancel: &CancellationToken,
         pass_start: DateTime<Utc>,
+        facts: Option<Prefetched>,
+        work_key: &str,
     ) -> ScopeOutcome {
         let src = source.kind().as_str();
         let scope = Scope {
@@ -577,9 +606,12 @@ impl Scheduler {
             label: row.label.clone(),
         };
         let mut totals = WindowTotals::default();
-        let cp = match self.state.checkpoint(src, &row.id).await {
-            Ok(cp) => cp,
-            Err(e) => return self.fail(src, &scope, None, e.to_string(), totals).await,
+        let (cp, prev) = match facts {
+            Some(f) => (f.checkpoint, Some(f.schedule)),
+            None => match self.state.checkpoint(src, &row.id).await {
+                Ok(cp) => (cp, None),
+                Err(e) => return self.fail(src, &scope, None, e.to_string(), totals).await,
+            },
         };
         if claims::covered_since(cp.as_ref(), &self.export, pass_start) {
             return ScopeOutcome::Done {
@@ -587,7 +619,32 @@ impl Scheduler {
                 report: totals,
             };
         }
-        for plan in plan_windows(cp.as_ref(), &self.export, Utc::now()) {
+        let prev = match prev {
+            Some(prev) => Some(prev),
+            None => match self.state.poll_schedule(src, &row.id).await {
+                Ok(prev) => Some(prev),
+                Err(e) => {
+                    tracing::warn!(source = src, scope.id = %row.id, error = %e, "could not read the poll schedule; the scope keeps its old one and is polled again at the next pass");
+                    None
+                }
+            },
+        };
+        // Keeps this replica's share of the rate budget until the last window (`replicas`).
+        let _busy = self.graph.busy();
+        let plans = plan_windows(cp.as_ref(), &self.export, Utc::now());
+        let last = plans.len().saturating_sub(1);
+        for (i, mut plan) in plans.into_iter().enumerate() {
+            if i == last {
+                let end = self.scope_end(
+                    src,
+                    &row.id,
+                    work_key,
+                    prev.as_ref().map(Option::as_ref),
+                    pass_start,
+                    totals.new > 0,
+                );
+                plan.end = Some(Arc::new(end));
+            }
             if cancel.is_cancelled() {
                 return ScopeOutcome::Cancelled {
                     windows: totals.windows,

@@ -130,3 +130,39 @@ pub fn class_requests(stats: &serde_json::Value, class: &str) -> (f64, f64, f64)
     };
     (requests, throttled, t("last") - t("first"))
 }
+
+/// "1 process, SQLite" or "3 replica(s), PostgreSQL", for summary lines.
+#[allow(dead_code)] // only the benches that run replicas
+pub fn setup(replicas: Option<usize>) -> String {
+    match replicas {
+        None => "1 process, SQLite".into(),
+        Some(n) => format!("{n} replica(s), PostgreSQL"),
+    }
+}
+
+/// SQLite in the run's directory, or with replicas a fresh database on the cluster of
+/// scripts/with-postgres.sh (replicas share their work through PostgreSQL).
+#[allow(dead_code)] // only the benches that run replicas
+pub async fn state_url(dir: &std::path::Path, replicas: Option<usize>) -> String {
+    if replicas.is_none() {
+        return format!("sqlite://{}/state.db", dir.display());
+    }
+    m365_archiver::state::testing::fresh_postgres_url()
+        .await
+        .expect("a fresh PostgreSQL database")
+        .expect("--replicas needs PostgreSQL: run under scripts/with-postgres.sh")
+}
+
+/// Runs 1 or `replicas` `run --once` processes together; every one must exit 0. CPU is their
+/// sum, peak RSS the largest.
+#[allow(dead_code)] // only the benches that run replicas
+pub fn run_replicas(config: &std::path::Path, replicas: Option<usize>) -> Usage {
+    let exits = run_children(config, replicas.unwrap_or(1));
+    for (status, _) in &exits {
+        assert!(*status == 0, "archiver exited {status}");
+    }
+    Usage {
+        cpu: exits.iter().map(|(_, u)| u.cpu).sum(),
+        max_rss_kib: exits.iter().map(|(_, u)| u.max_rss_kib).max().unwrap_or(0),
+    }
+}

@@ -19,6 +19,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 mod listing;
+mod sync_group;
+
+use sync_group::SyncGroup;
 
 const TMP_DIR: &str = "tmp";
 /// Temp files older than this are leftovers of a crash (writes take milliseconds).
@@ -27,11 +30,16 @@ const STALE_TMP: Duration = Duration::from_secs(3600);
 #[derive(Debug, Clone)]
 pub struct FsStore {
     root: PathBuf,
+    /// Shared by clones, so every batch written to this root can share its syncs.
+    syncs: std::sync::Arc<SyncGroup>,
 }
 
 impl FsStore {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        FsStore { root: root.into() }
+        FsStore {
+            root: root.into(),
+            syncs: Default::default(),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -90,7 +98,8 @@ impl ArchiveStore for FsStore {
             .map(|item| (self.path_of(&item.key), item))
             .collect();
         let root = self.root.clone();
-        match tokio::task::spawn_blocking(move || put_batch(&root, batch)).await {
+        let syncs = self.syncs.clone();
+        match tokio::task::spawn_blocking(move || put_batch(&root, &syncs, batch)).await {
             Ok(results) => results,
             Err(e) => (0..n)
                 .map(|_| Err(StoreError::Unavailable(format!("store worker failed: {e}"))))
@@ -379,9 +388,11 @@ const MAX_STAGED: usize = 64;
 /// every new object is staged without a sync of its own, one `syncfs` makes all staged bytes
 /// durable, each is linked under its key (create-only), and a second `syncfs` makes the new
 /// names and directories durable before anything is acknowledged. A crash at any point leaves
-/// each key either absent or complete: a link only ever points at synced bytes.
+/// each key either absent or complete: a link only ever points at synced bytes. Each "one
+/// `syncfs`" is one that began after this batch's step, shared with concurrent batches.
 fn put_batch(
     root: &Path,
+    syncs: &SyncGroup,
     batch: Vec<(Result<PathBuf, StoreError>, PutItem)>,
 ) -> Vec<Result<PutOutcome, StoreError>> {
     // Normally made by `check` at start; a store used without it still works.
@@ -390,13 +401,14 @@ fn put_batch(
     let mut items = batch.into_iter().peekable();
     while items.peek().is_some() {
         let chunk: Vec<_> = items.by_ref().take(MAX_STAGED).collect();
-        results.extend(put_chunk(root, chunk));
+        results.extend(put_chunk(root, syncs, chunk));
     }
     results
 }
 
 fn put_chunk(
     root: &Path,
+    syncs: &SyncGroup,
     chunk: Vec<(Result<PathBuf, StoreError>, PutItem)>,
 ) -> Vec<Result<PutOutcome, StoreError>> {
     let mut results: Vec<Result<PutOutcome, StoreError>> = Vec::with_capacity(chunk.len());
@@ -417,7 +429,7 @@ fn put_chunk(
     if pending.is_empty() {
         return results;
     }
-    if let Err(e) = sync_filesystem(root) {
+    if let Err(e) = syncs.sync_after(|| sync_filesystem(root)) {
         for (i, file, _) in pending {
             file.discard();
             results[i] = Err(FsStore::io("sync staged", &keys[i])(copy_io(&e)));
@@ -429,7 +441,7 @@ fn put_chunk(
         results[i] = link_staged(file, &dest, &keys[i]);
         linked.push(i);
     }
-    if let Err(e) = sync_filesystem(root) {
+    if let Err(e) = syncs.sync_after(|| sync_filesystem(root)) {
         for i in linked {
             if matches!(results[i], Ok(PutOutcome::Created)) {
                 results[i] = Err(FsStore::io("sync published", &keys[i])(copy_io(&e)));

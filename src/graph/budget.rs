@@ -8,11 +8,18 @@
 //! evenly: each runs at `budget / live replicas`, set through [`RateBudget::set_replicas`]. The
 //! per-team and per-chat budgets are not split: they are per resource, and leases keep a team
 //! (or a user's chats) with one replica at a time.
+//!
+//! A replica with nothing to send gives its share up: `crate::replicas` parks the budget (every
+//! tenant-wide request then waits at the gate) before marking itself idle in the registry, and
+//! the others grow into its share. A request that arrives at the parked gate asks the replica
+//! to become active again; it goes out once the others have made room. Exports in progress
+//! hold a [`Busy`] guard, so that a replica is never parked between two windows of one scope.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
@@ -151,6 +158,123 @@ pub(crate) struct RateBudget {
     per_chat_rps: f64,
     /// One limiter per team or chat seen (a tenant has a bounded number of them).
     per_resource: Mutex<HashMap<Resource, Arc<DefaultDirectRateLimiter>>>,
+    /// Closed while this replica is idle (its share given up).
+    gate: Arc<Gate>,
+}
+
+/// Whether this replica may send at all, and whether it has anything to send.
+#[derive(Debug)]
+struct Gate {
+    /// Set while idle: tenant-wide requests wait until the replica is active again.
+    parked: AtomicBool,
+    /// Requests taking a slot plus [`Busy`] guards held: while nonzero the replica is in use.
+    in_use: AtomicUsize,
+    /// Requests held at the parked gate: they want the replica active again.
+    waiting: AtomicUsize,
+    /// When a use last began or ended.
+    last_use: Mutex<Instant>,
+    /// Woken when a request starts waiting at the gate or the last use ends (the replica's
+    /// registry task listens).
+    changed: tokio::sync::Notify,
+    /// Wakes the requests held at the gate when it opens.
+    opened: tokio::sync::Notify,
+}
+
+impl Gate {
+    fn new() -> Gate {
+        Gate {
+            parked: AtomicBool::new(false),
+            in_use: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            last_use: Mutex::new(Instant::now()),
+            changed: tokio::sync::Notify::new(),
+            opened: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn touch(&self) {
+        *self.last_use.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    fn enter(self: &Arc<Self>) -> Busy {
+        self.in_use.fetch_add(1, SeqCst);
+        self.touch();
+        Busy(Arc::clone(self))
+    }
+
+    /// Nothing in use, and nothing was for `quiet`.
+    fn unused_for(&self, quiet: Duration) -> bool {
+        self.in_use.load(SeqCst) == 0
+            && self
+                .last_use
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .elapsed()
+                >= quiet
+    }
+
+    /// Parks the gate if nothing used the budget for `quiet`. `parked` and `in_use` are both
+    /// SeqCst: a request that enters while this parks either sees the gate parked (and waits)
+    /// or is seen here (and the gate opens again).
+    fn park_if_unused(&self, quiet: Duration) -> bool {
+        if self.parked.load(SeqCst) {
+            return true;
+        }
+        if !self.unused_for(quiet) {
+            return false;
+        }
+        self.parked.store(true, SeqCst);
+        if self.unused_for(quiet) {
+            return true;
+        }
+        self.open();
+        false
+    }
+
+    fn open(&self) {
+        self.parked.store(false, SeqCst);
+        self.opened.notify_waiters();
+    }
+
+    /// Returns at once while the gate is open; else asks for it to open and waits.
+    async fn pass(&self) {
+        if !self.parked.load(SeqCst) {
+            return;
+        }
+        struct Waiting<'a>(&'a Gate);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.waiting.fetch_sub(1, SeqCst);
+            }
+        }
+        self.waiting.fetch_add(1, SeqCst);
+        let _waiting = Waiting(self);
+        self.changed.notify_one();
+        loop {
+            let opened = self.opened.notified();
+            tokio::pin!(opened);
+            opened.as_mut().enable();
+            if !self.parked.load(SeqCst) {
+                return;
+            }
+            opened.await;
+        }
+    }
+}
+
+/// Marks the budget in use while held (an export between its windows): the replica is not
+/// parked meanwhile. Taken with [`crate::graph::GraphClient::busy`].
+#[derive(Debug)]
+#[must_use = "the budget is in use only while the guard is held"]
+pub struct Busy(Arc<Gate>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.touch();
+        if self.0.in_use.fetch_sub(1, SeqCst) == 1 {
+            self.0.changed.notify_one();
+        }
+    }
 }
 
 impl RateBudget {
@@ -164,7 +288,44 @@ impl RateBudget {
             per_team_rps: budgets.per_team_rps,
             per_chat_rps: budgets.per_chat_rps,
             per_resource: Mutex::new(HashMap::new()),
+            gate: Arc::new(Gate::new()),
         })
+    }
+
+    /// Holds the replica active until dropped (see [`Busy`]).
+    pub(crate) fn busy(&self) -> Busy {
+        self.gate.enter()
+    }
+
+    /// Gives up the share if the budget was not used for `quiet` (nothing in flight, no
+    /// guard held): tenant-wide requests wait at the gate from now on. True if parked.
+    pub(crate) fn park_if_unused(&self, quiet: Duration) -> bool {
+        self.gate.park_if_unused(quiet)
+    }
+
+    /// Lets requests through again (at the share set by then).
+    pub(crate) fn unpark(&self) {
+        self.gate.open();
+    }
+
+    pub(crate) fn is_parked(&self) -> bool {
+        self.gate.parked.load(SeqCst)
+    }
+
+    /// Whether requests wait at the parked gate.
+    pub(crate) fn wanted(&self) -> bool {
+        self.gate.waiting.load(SeqCst) > 0
+    }
+
+    /// Counts as a use now (a replica that just joined is about to send).
+    pub(crate) fn touch(&self) {
+        self.gate.touch();
+    }
+
+    /// Resolves when a request starts waiting at the gate or the last use ends (or already
+    /// did since the last call).
+    pub(crate) async fn activity_changed(&self) {
+        self.gate.changed.notified().await;
     }
 
     /// Divides the tenant-wide budgets by `replicas` from now on. Ok(false) if that was
@@ -190,13 +351,20 @@ impl RateBudget {
     /// Waits for the next slot of `endpoint`'s budget, and of the team's or chat's that
     /// `path` addresses, if any. The resource goes first: waiting for it must not hold a
     /// tenant slot that other scopes could use.
+    /// While the replica is parked (idle), the request first waits for it to be active again.
     pub(crate) async fn acquire(&self, endpoint: Endpoint, path: &str) {
+        let _use = self.gate.enter();
         if let Some(resource) = self.resource_limiter(path) {
             resource.until_ready().await;
         }
         loop {
+            self.gate.pass().await;
             let tenant = self.current();
             tenant.get(endpoint).until_ready().await;
+            // Parked while we queued (a race with the last use ending): wait to be active.
+            if self.is_parked() {
+                continue;
+            }
             // The share changed while we waited: queue again at the new rate, or every request
             // queued at the old rate would go out on top of the new share.
             if Arc::ptr_eq(&tenant, &self.current()) {

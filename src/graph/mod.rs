@@ -36,7 +36,7 @@ use url::Url;
 
 pub use assertion::AssertionForm;
 pub(crate) use assertion::CertSigner;
-pub use budget::{BudgetShare, Budgets, Endpoint};
+pub use budget::{BudgetShare, Budgets, Busy, Endpoint};
 pub use error::{GraphError, PageError};
 pub use page::{parse_collection, Page, Record};
 pub use retry::RetryConfig;
@@ -232,6 +232,23 @@ impl GraphClient {
     /// The budgets this process paces itself by now, and how many replicas share the tenant.
     pub fn budget_share(&self) -> BudgetShare {
         self.inner.budget.share()
+    }
+
+    /// Keeps this replica's share of the budget while held: an export holds it from its first
+    /// window to its last, so that the replica does not go idle between them (`replicas`).
+    pub fn busy(&self) -> Busy {
+        self.inner.budget.busy()
+    }
+
+    /// The replica's side of the budget gate (`crate::replicas` parks it while idle).
+    pub(crate) fn budget(&self) -> &RateBudget {
+        &self.inner.budget
+    }
+
+    /// Takes one slot of `endpoint`'s budget without sending anything (tests of the shares).
+    #[cfg(test)]
+    pub(crate) async fn take_slot(&self, endpoint: Endpoint) {
+        self.inner.budget.acquire(endpoint, "/v1.0/users").await;
     }
 
     /// A snapshot of the counters.

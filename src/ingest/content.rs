@@ -160,20 +160,18 @@ impl Ingestor {
             }
         }
         let planned = vec![self.planned(key, scope, &item, &custody, now)];
-        self.record_planned(&planned).await?;
-        self.state
-            .catalogue_insert(&[CatalogueEntry {
-                source: src.to_owned(),
-                record_key: item.record_key.clone(),
-                etag: item.meta.etag.clone(),
-                sha256: item.sha256.clone(),
-                storage_key: key.to_owned(),
-                size_bytes: i64::try_from(dl.size).unwrap_or(i64::MAX),
-                scope_id: scope.id.clone(),
-                created_at: item.meta.created,
-                archived_at: now,
-            }])
-            .await?;
+        let entry = CatalogueEntry {
+            source: src.to_owned(),
+            record_key: item.record_key.clone(),
+            etag: item.meta.etag.clone(),
+            sha256: item.sha256.clone(),
+            storage_key: key.to_owned(),
+            size_bytes: i64::try_from(dl.size).unwrap_or(i64::MAX),
+            scope_id: scope.id.clone(),
+            created_at: item.meta.created,
+            archived_at: now,
+        };
+        self.record_archived(&planned, &[entry]).await?;
         self.late_holds(&custody, &planned).await?;
         Ok((item, dl.size))
     }

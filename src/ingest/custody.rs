@@ -7,7 +7,7 @@ use crate::archive::PutOptions;
 use crate::compliance::{retention_row, Compliance, Custody};
 use crate::retention::RecordFacts;
 use crate::sources::Scope;
-use crate::state::RetentionRow;
+use crate::state::{CatalogueEntry, HeldKeys, RetentionRow};
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 
@@ -89,11 +89,14 @@ impl Ingestor {
         }
     }
 
-    /// Records retention, custodians and the holds written with each object. Runs before the
-    /// catalogue insert, so that a catalogued record always has its retention recorded.
-    pub(super) async fn record_planned(&self, planned: &[Planned]) -> Result<(), IngestError> {
+    /// Records retention, custodians, the holds written with each object and the catalogue
+    /// rows, in one transaction: a catalogued record always has its retention recorded.
+    pub(super) async fn record_archived(
+        &self,
+        planned: &[Planned],
+        catalogue: &[CatalogueEntry],
+    ) -> Result<(), IngestError> {
         let rows: Vec<RetentionRow> = planned.iter().map(|p| p.row.clone()).collect();
-        self.state.retention_insert(&rows).await?;
         let mut by_hold: BTreeMap<i64, Vec<String>> = BTreeMap::new();
         for p in planned {
             for h in &p.holds {
@@ -103,11 +106,10 @@ impl Ingestor {
                     .push(p.row.storage_key.clone());
             }
         }
-        for (hold, keys) in by_hold {
-            self.state
-                .record_holds_insert(hold, &keys, Utc::now())
-                .await?;
-        }
+        let holds: Vec<HeldKeys> = by_hold.into_iter().collect();
+        self.state
+            .archived_insert(&rows, &holds, catalogue, Utc::now())
+            .await?;
         Ok(())
     }
 

@@ -550,10 +550,11 @@ mod tests {
             window,
             advance_to: Some(end),
             lookback_done_at: None,
+            end: None,
         };
         let look_back = WindowPlan {
             advance_to: None,
-            ..catch_up
+            ..catch_up.clone()
         };
         let report = WindowReport {
             pages: 3,

@@ -264,18 +264,27 @@ impl StatusView {
     }
 }
 
-/// `replicas: 2 live, each at 1/2 of the tenant's rate budget (host pid 12, host pid 34)`.
+/// `replicas: 2 live, each at 1/2 of the tenant's rate budget (host pid 12, host pid 34)`;
+/// idle replicas (nothing to send) are not counted in the share.
 fn replicas_line(replicas: &[ReplicaRow]) -> String {
     if replicas.is_empty() {
         return "replicas: none running".into();
     }
     let who: Vec<String> = replicas
         .iter()
-        .map(|r| format!("{} pid {}", r.host, r.pid))
+        .map(|r| {
+            let idle = if r.is_idle() { ", idle" } else { "" };
+            format!("{} pid {}{idle}", r.host, r.pid)
+        })
         .collect();
+    let active = replicas.iter().filter(|r| !r.is_idle()).count();
+    let share = match (active, replicas.len() - active) {
+        (0, _) => "all idle".to_string(),
+        (n, 0) => format!("each at 1/{n} of the tenant's rate budget"),
+        (n, idle) => format!("{idle} idle, each active one at 1/{n} of the tenant's rate budget"),
+    };
     format!(
-        "replicas: {} live, each at 1/{} of the tenant's rate budget ({})",
-        replicas.len(),
+        "replicas: {} live, {share} ({})",
         replicas.len(),
         who.join(", ")
     )
@@ -531,10 +540,22 @@ mod tests {
             started_at: Utc::now(),
             heartbeat_at: Utc::now(),
             budget_divisor: 2,
+            idle_since: None,
         };
         assert_eq!(
             replicas_line(&[replica("a", 1), replica("b", 2)]),
             "replicas: 2 live, each at 1/2 of the tenant's rate budget (a pid 1, b pid 2)"
+        );
+        let mut idle = replica("c", 3);
+        idle.idle_since = Some(Utc::now());
+        assert_eq!(
+            replicas_line(&[replica("a", 1), replica("b", 2), idle.clone()]),
+            "replicas: 3 live, 1 idle, each active one at 1/2 of the tenant's rate budget \
+             (a pid 1, b pid 2, c pid 3, idle)"
+        );
+        assert_eq!(
+            replicas_line(&[idle]),
+            "replicas: 1 live, all idle (c pid 3, idle)"
         );
     }
 

@@ -12,7 +12,7 @@ use tokio::sync::Mutex;
 
 use crate::config::ExportConfig;
 use crate::sources::Source;
-use crate::state::{Checkpoint, ScopeRow, StateDb, StateError, MAX_CLAIM_KEYS};
+use crate::state::{Checkpoint, PollSchedule, ScopeRow, StateDb, StateError, MAX_CLAIM_KEYS};
 
 /// The lease key of one (source, scope) work item.
 pub(crate) fn work_key(source: &dyn Source, row: &ScopeRow) -> String {
@@ -29,6 +29,14 @@ pub(crate) fn covered_since(
     pass_start: DateTime<Utc>,
 ) -> bool {
     super::plan_windows(cp, cfg, pass_start).is_empty()
+}
+
+/// A claimed scope's checkpoint and poll schedule, read with its claim batch (after the claim,
+/// so under the lease) instead of by its export one query each.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Prefetched {
+    pub(crate) checkpoint: Option<Checkpoint>,
+    pub(crate) schedule: Option<PollSchedule>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -54,6 +62,8 @@ struct Inner {
     order: Vec<String>,
     position: HashMap<String, usize>,
     known: HashMap<String, Known>,
+    /// Read for claimed keys not yet handed out; taken by `facts`.
+    prefetched: HashMap<String, Prefetched>,
 }
 
 impl LeaseClaims {
@@ -80,6 +90,7 @@ impl LeaseClaims {
                 order: keys,
                 position,
                 known: HashMap::new(),
+                prefetched: HashMap::new(),
             }),
         }
     }
@@ -94,10 +105,12 @@ impl LeaseClaims {
         }
         match inner.known.insert(key.to_owned(), Known::Elsewhere) {
             Some(Known::Ours(at)) => {
-                drop(inner);
                 if at.elapsed() < self.ttl / 3 {
                     return Ok(true);
                 }
+                // The lease may have lapsed since the read: the export reads afresh.
+                inner.prefetched.remove(key);
+                drop(inner);
                 let now = Utc::now();
                 self.state
                     .renew_lease(key, &self.owner, self.ttl, now)
@@ -126,10 +139,52 @@ impl LeaseClaims {
         for k in &window[..got.considered.min(window.len())] {
             inner.known.insert(k.clone(), Known::Elsewhere);
         }
+        let facts = self.prefetch(&got.claimed).await;
         for k in got.claimed {
             inner.known.insert(k, Known::Ours(claimed_at));
         }
+        inner.prefetched.extend(facts);
         Ok(())
+    }
+
+    /// Reads the checkpoints and schedules of `keys` in one query each per source. A failure
+    /// only costs speed: the exports then read their own.
+    async fn prefetch(&self, keys: &[String]) -> HashMap<String, Prefetched> {
+        let mut by_source: HashMap<&str, Vec<String>> = HashMap::new();
+        for key in keys {
+            if let Some((source, id)) = key.split_once('/') {
+                by_source.entry(source).or_default().push(id.to_owned());
+            }
+        }
+        let mut out = HashMap::with_capacity(keys.len());
+        for (source, ids) in by_source {
+            let read = async {
+                let cps = self.state.checkpoints_of(source, &ids).await?;
+                let schedules = self.state.poll_schedules_of(source, &ids).await?;
+                Ok::<_, StateError>((cps, schedules))
+            };
+            let (mut cps, mut schedules) = match read.await {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::warn!(source, error = %e, "cannot read a claim batch's checkpoints; each export reads its own");
+                    continue;
+                }
+            };
+            for id in ids {
+                let facts = Prefetched {
+                    checkpoint: cps.remove(&id),
+                    schedule: schedules.remove(&id),
+                };
+                out.insert(format!("{source}/{id}"), facts);
+            }
+        }
+        out
+    }
+
+    /// The checkpoint and schedule read with `key`'s claim, if `take` just handed it out
+    /// fresh; None means the export must read them itself.
+    pub(crate) async fn facts(&self, key: &str) -> Option<Prefetched> {
+        self.inner.lock().await.prefetched.remove(key)
     }
 
     /// Gives back leases claimed but never handed out (a pass cut short).

@@ -12,7 +12,7 @@ use super::{placeholders, CatalogueEntry, StateDb, StateError};
 /// record_keys per lookup query (plus one bind for the source).
 const LOOKUP_CHUNK: usize = 500;
 /// Rows per multi-row INSERT: 9 binds each, 900 per statement, under every bind limit.
-const INSERT_CHUNK: usize = 100;
+pub(super) const INSERT_CHUNK: usize = 100;
 
 const CATALOGUE_COLUMNS: &str =
     "source, record_key, etag, sha256, storage_key, size_bytes, scope_id, created_at, archived_at";
@@ -113,7 +113,7 @@ async fn lookup_chunk(
         .map_err(StateError::op("catalogue_lookup"))
 }
 
-async fn insert_chunk(
+pub(super) async fn insert_chunk(
     conn: &mut AnyConnection,
     entries: &[CatalogueEntry],
 ) -> Result<u64, StateError> {

@@ -5,13 +5,16 @@ use sqlx::any::AnyRow;
 use sqlx::AnyConnection;
 
 use super::types::{opt_to_ms, to_ms, RowReader};
-use super::{scope_kind_for_source, Checkpoint, ManifestRow, StateDb, StateError, WindowCommit};
+use super::{
+    scope_kind_for_source, Checkpoint, ManifestRow, ScopeEnd, StateDb, StateError, WindowCommit,
+};
 
 /// Longest error message kept in a checkpoint; Graph error bodies can be long and only the start
 /// helps an operator.
 const MAX_ERROR_CHARS: usize = 2000;
 
-const CHECKPOINT_COLUMNS: &str = "source, scope_id, watermark, last_lookback_at, last_success_at, \
+pub(super) const CHECKPOINT_COLUMNS: &str =
+    "source, scope_id, watermark, last_lookback_at, last_success_at, \
      last_error, last_error_at, records_archived, windows_completed";
 const MANIFEST_COLUMNS: &str = "source, scope_id, seq, sha256, prev_sha256, storage_key, \
      window_start, window_end, record_count, created_at";
@@ -106,6 +109,16 @@ impl StateDb {
     /// prev_sha256 = the last manifest's sha256), otherwise nothing changes. The watermark only
     /// moves forwards: max(stored, advance_to), and None leaves it.
     pub async fn commit_window(&self, c: &WindowCommit) -> Result<(), StateError> {
+        self.commit_window_ending(c, None).await
+    }
+
+    /// As `commit_window`; with `end` (the scope's last window) the same transaction also
+    /// stores the scope's poll schedule and releases its lease (see `ScopeEnd`).
+    pub async fn commit_window_ending(
+        &self,
+        c: &WindowCommit,
+        end: Option<&ScopeEnd>,
+    ) -> Result<(), StateError> {
         const OP: &str = "commit_window";
         validate_commit(c)?;
         let kind = scope_kind_for_source(&c.source)?;
@@ -114,6 +127,9 @@ impl StateDb {
         check_chain(c, last.as_ref())?;
         insert_manifest(tx.conn(), &c.manifest).await?;
         upsert_checkpoint(tx.conn(), c, kind).await?;
+        if let Some(end) = end {
+            super::scope_end::apply(tx.conn(), end, c.new_records > 0).await?;
+        }
         tx.commit(OP).await?;
         tracing::debug!(
             source = %c.source,

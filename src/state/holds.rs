@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
+use sqlx::AnyConnection;
 
 use super::retention::{audit_in, custodian_held_sql};
 use super::types::{to_ms, RowReader};
@@ -208,21 +209,7 @@ impl StateDb {
             return Ok(());
         }
         let mut tx = self.begin_write(OP).await?;
-        for chunk in keys.chunks(200) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| format!("({})", placeholders(1 + 3 * i, 3)))
-                .collect();
-            let sql = format!(
-                "INSERT INTO record_holds (hold_id, storage_key, applied_at) VALUES {} \
-                 ON CONFLICT (hold_id, storage_key) DO NOTHING",
-                values.join(", ")
-            );
-            let mut q = sqlx::query(&sql);
-            for k in chunk {
-                q = q.bind(hold_id).bind(k.as_str()).bind(to_ms(now));
-            }
-            q.execute(tx.conn()).await.map_err(StateError::op(OP))?;
-        }
+        insert_record_holds(tx.conn(), hold_id, keys, now).await?;
         tx.commit(OP).await
     }
 
@@ -307,4 +294,31 @@ fn hold_row(row: &AnyRow, op: &'static str) -> Result<HoldRow, StateError> {
         released_by: r.opt_string("released_by")?,
         release_reason: r.opt_string("release_reason")?,
     })
+}
+
+/// Records that `hold_id` was set on the objects under `keys`, in the caller's transaction.
+pub(super) async fn insert_record_holds(
+    conn: &mut AnyConnection,
+    hold_id: i64,
+    keys: &[String],
+    now: DateTime<Utc>,
+) -> Result<(), StateError> {
+    for chunk in keys.chunks(200) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| format!("({})", placeholders(1 + 3 * i, 3)))
+            .collect();
+        let sql = format!(
+            "INSERT INTO record_holds (hold_id, storage_key, applied_at) VALUES {} \
+             ON CONFLICT (hold_id, storage_key) DO NOTHING",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for k in chunk {
+            q = q.bind(hold_id).bind(k.as_str()).bind(to_ms(now));
+        }
+        q.execute(&mut *conn)
+            .await
+            .map_err(StateError::op("record_holds_insert"))?;
+    }
+    Ok(())
 }

@@ -20,6 +20,9 @@ pub(super) const TRY_LEASE: &str =
        expires_at = excluded.expires_at \
      WHERE leases.expires_at <= $3 OR leases.owner = $2";
 
+/// Deletes one lease if it is still the owner's: $1 key, $2 owner.
+pub(super) const RELEASE_LEASE: &str = "DELETE FROM leases WHERE work_key = $1 AND owner = $2";
+
 impl StateDb {
     /// Takes the lease on `work_key` for `ttl` if it is free, expired, or already ours (then it
     /// is extended). One statement, so it is atomic in both databases. True if we hold it.
@@ -67,7 +70,7 @@ impl StateDb {
     /// Gives up our lease; someone else's lease on the same key is left alone.
     pub async fn release_lease(&self, work_key: &str, owner: &str) -> Result<(), StateError> {
         let _slot = self.writer_slot().await;
-        sqlx::query("DELETE FROM leases WHERE work_key = $1 AND owner = $2")
+        sqlx::query(RELEASE_LEASE)
             .bind(work_key)
             .bind(owner)
             .execute(self.pool())

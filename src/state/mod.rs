@@ -8,6 +8,7 @@
 //! logical schema) and in how a write transaction begins (`BEGIN IMMEDIATE` on SQLite, see
 //! [`StateDb::begin_write`]).
 
+mod archived;
 mod audit;
 mod catalogue;
 mod checkpoints;
@@ -20,6 +21,7 @@ mod leases;
 mod replicas;
 mod retention;
 mod schedule;
+mod scope_end;
 mod scopes;
 mod status;
 #[doc(hidden)]
@@ -38,6 +40,7 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Any, AnyConnection, AnyPool, Connection, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+pub use archived::HeldKeys;
 pub use content::CatalogueVersion;
 pub use error::{redact_url, StateError};
 pub use holds::{HoldKind, HoldRow};
@@ -45,6 +48,7 @@ pub use lease_claims::{LeaseClaim, MAX_CLAIM_KEYS};
 pub use replicas::ReplicaRow;
 pub use retention::{DisposalCandidate, RetentionRow};
 pub use schedule::{DueScopes, PollHorizon, PollSchedule};
+pub use scope_end::ScopeEnd;
 pub use types::{
     AuditEntry, AuditRow, CatalogueEntry, Checkpoint, ManifestRow, ScopeRecord, ScopeRow,
     ScopeSync, StatusRow, WindowCommit,

@@ -2,7 +2,13 @@
 //! that replicas sharing one database know how many of them split the tenant's Graph rate
 //! budget. "Live" means a heartbeat within a TTL, judged by the caller's clock (as leases are:
 //! the hosts' clocks must agree to well within the TTL, which NTP gives). A clean exit deletes
-//! its row; a killed replica's row stops counting after the TTL and is deleted later.
+//! its row; a killed replica's row stops counting after the TTL and is deleted later. An idle
+//! replica (nothing to send) keeps heartbeating but is not counted: the others take its share.
+//!
+//! Heartbeats are serialised (SQLite's single writer; on PostgreSQL a lock on the table), and
+//! each records, in its own transaction, the divisor its replica applies after counting: so a
+//! replica that becomes active again is counted by every heartbeat after its own, and never
+//! reads a row that understates another replica's share.
 
 use std::time::Duration;
 
@@ -10,7 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::any::AnyRow;
 
-use super::types::{to_ms, RowReader};
+use super::types::{opt_to_ms, to_ms, RowReader};
 use super::{StateDb, StateError};
 
 /// Rows silent for this many TTLs are deleted by the next heartbeat of any replica: long
@@ -31,26 +37,54 @@ pub struct ReplicaRow {
     pub heartbeat_at: DateTime<Utc>,
     /// How many replicas this one divides the tenant-wide budgets by right now.
     pub budget_divisor: i64,
+    /// Since when this replica has been idle: it sends nothing and is not counted. None: active.
+    pub idle_since: Option<DateTime<Utc>>,
+}
+
+impl ReplicaRow {
+    pub fn is_idle(&self) -> bool {
+        self.idle_since.is_some()
+    }
 }
 
 impl StateDb {
     /// Records a heartbeat of `me` (its row is created if missing, e.g. after an outage made
     /// others forget it), deletes rows silent for `FORGET_AFTER_TTLS` TTLs, and returns how
-    /// many replicas heartbeat within `ttl` of `me.heartbeat_at`, this one included. One write
-    /// transaction.
+    /// many active replicas heartbeat within `ttl` of `me.heartbeat_at` (this one included
+    /// unless idle; idle ones are not counted). One write transaction.
     pub async fn replica_heartbeat(
         &self,
         me: &ReplicaRow,
         ttl: Duration,
     ) -> Result<u32, StateError> {
+        self.replica_heartbeat_with(me, ttl, |_| me.budget_divisor)
+            .await
+    }
+
+    /// As [`StateDb::replica_heartbeat`]; `divisor` is called in the transaction with the
+    /// count, and the divisor it returns is what `me`'s row records on commit (a replica that
+    /// shrinks does so in there, before the row says so; one that grows does after the commit).
+    pub async fn replica_heartbeat_with(
+        &self,
+        me: &ReplicaRow,
+        ttl: Duration,
+        divisor: impl FnOnce(u32) -> i64 + Send,
+    ) -> Result<u32, StateError> {
         const OP: &str = "replica_heartbeat";
         let now = to_ms(me.heartbeat_at);
         let mut tx = self.begin_write(OP).await?;
+        if self.backend() == super::Backend::Postgres {
+            // Self-exclusive, plain reads still pass: one heartbeat at a time.
+            sqlx::query("LOCK TABLE replicas IN SHARE ROW EXCLUSIVE MODE")
+                .execute(tx.conn())
+                .await
+                .map_err(StateError::op(OP))?;
+        }
         sqlx::query(
             "INSERT INTO replicas (owner, host, pid, node, started_at, heartbeat_at, \
-               budget_divisor) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+               budget_divisor, idle_since) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
              ON CONFLICT (owner) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, \
-               budget_divisor = excluded.budget_divisor",
+               budget_divisor = excluded.budget_divisor, idle_since = excluded.idle_since",
         )
         .bind(&me.owner)
         .bind(&me.host)
@@ -59,6 +93,7 @@ impl StateDb {
         .bind(to_ms(me.started_at))
         .bind(now)
         .bind(me.budget_divisor)
+        .bind(opt_to_ms(me.idle_since))
         .execute(tx.conn())
         .await
         .map_err(StateError::op(OP))?;
@@ -67,15 +102,27 @@ impl StateDb {
             .execute(tx.conn())
             .await
             .map_err(StateError::op(OP))?;
-        let live: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM replicas WHERE heartbeat_at >= $1")
-                .bind(now.saturating_sub(ms(ttl)))
-                .fetch_one(tx.conn())
+        let live: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM replicas WHERE heartbeat_at >= $1 AND idle_since IS NULL",
+        )
+        .bind(now.saturating_sub(ms(ttl)))
+        .fetch_one(tx.conn())
+        .await
+        .map_err(StateError::op(OP))?;
+        let live = u32::try_from(live).unwrap_or(u32::MAX);
+        // Our own row was just written: at least one unless it is idle.
+        let live = if me.is_idle() { live } else { live.max(1) };
+        let recorded = divisor(live);
+        if recorded != me.budget_divisor {
+            sqlx::query("UPDATE replicas SET budget_divisor = $2 WHERE owner = $1")
+                .bind(&me.owner)
+                .bind(recorded)
+                .execute(tx.conn())
                 .await
                 .map_err(StateError::op(OP))?;
+        }
         tx.commit(OP).await?;
-        // Our own row was just written, so at least one.
-        Ok(u32::try_from(live).unwrap_or(u32::MAX).max(1))
+        Ok(live)
     }
 
     /// Records the divisor `owner` now applies to its budgets (after a change of the count), so
@@ -95,8 +142,8 @@ impl StateDb {
     pub async fn live_replicas(&self, since: DateTime<Utc>) -> Result<Vec<ReplicaRow>, StateError> {
         const OP: &str = "live_replicas";
         let rows = sqlx::query(
-            "SELECT owner, host, pid, node, started_at, heartbeat_at, budget_divisor \
-             FROM replicas \
+            "SELECT owner, host, pid, node, started_at, heartbeat_at, budget_divisor, \
+               idle_since FROM replicas \
              WHERE heartbeat_at >= $1 ORDER BY started_at, owner",
         )
         .bind(to_ms(since))
@@ -132,6 +179,7 @@ fn replica_row(row: &AnyRow, op: &'static str) -> Result<ReplicaRow, StateError>
         started_at: r.time("started_at")?,
         heartbeat_at: r.time("heartbeat_at")?,
         budget_divisor: r.int("budget_divisor")?,
+        idle_since: r.opt_time("idle_since")?,
     })
 }
 
@@ -158,6 +206,7 @@ mod tests {
             started_at: at(0),
             heartbeat_at: at(heartbeat),
             budget_divisor: 1,
+            idle_since: None,
         }
     }
 
@@ -210,6 +259,50 @@ mod tests {
         assert_eq!(rows[0].budget_divisor, 2);
     }
 
+    /// An idle replica heartbeats but is not counted, by the others or by itself; when it is
+    /// active again, the next heartbeat of any replica counts it.
+    async fn idle_replicas_are_not_counted(db: StateDb) {
+        assert_eq!(beat(&db, "a", 0).await, 1);
+        assert_eq!(beat(&db, "b", 0).await, 2);
+        let mut b = replica("b", 1);
+        b.idle_since = Some(at(1));
+        assert_eq!(db.replica_heartbeat(&b, TTL).await.expect("idle"), 1);
+        assert_eq!(
+            beat(&db, "a", 2).await,
+            1,
+            "b is idle: a alone shares the tenant"
+        );
+        let rows = db.live_replicas(at(0)).await.expect("rows");
+        assert_eq!(rows.len(), 2, "an idle replica is still listed");
+        assert_eq!(rows[1].idle_since, Some(at(1)));
+        assert!(rows[1].is_idle() && !rows[0].is_idle());
+        // a idle too: nobody is counted, not even the one heartbeating.
+        let mut a = replica("a", 3);
+        a.idle_since = Some(at(3));
+        assert_eq!(db.replica_heartbeat(&a, TTL).await.expect("idle"), 0);
+        assert_eq!(beat(&db, "b", 4).await, 1, "b active again");
+        assert_eq!(beat(&db, "c", 4).await, 2);
+    }
+
+    /// The divisor chosen from the count is recorded in the same transaction.
+    async fn divisor_is_chosen_from_the_count(db: StateDb) {
+        beat(&db, "a", 0).await;
+        let mut b = replica("b", 0);
+        b.budget_divisor = 1;
+        let seen = std::sync::Mutex::new(0);
+        let live = db
+            .replica_heartbeat_with(&b, TTL, |n| {
+                *seen.lock().expect("seen") = n;
+                i64::from(n)
+            })
+            .await
+            .expect("beat");
+        assert_eq!((live, *seen.lock().expect("seen")), (2, 2));
+        let rows = db.live_replicas(at(0)).await.expect("rows");
+        assert_eq!(rows[1].owner, "b");
+        assert_eq!(rows[1].budget_divisor, 2);
+    }
+
     macro_rules! both_backends {
         ($($name:ident),* $(,)?) => {
             mod sqlite {
@@ -240,5 +333,10 @@ mod tests {
         };
     }
 
-    both_backends!(live_count_follows_heartbeats, divisor_is_recorded);
+    both_backends!(
+        live_count_follows_heartbeats,
+        divisor_is_recorded,
+        idle_replicas_are_not_counted,
+        divisor_is_chosen_from_the_count
+    );
 }

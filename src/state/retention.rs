@@ -290,7 +290,7 @@ pub(crate) async fn audit_in(
     .map_err(StateError::op(op))
 }
 
-async fn insert_retention(
+pub(super) async fn insert_retention(
     conn: &mut AnyConnection,
     rows: &[RetentionRow],
     now: i64,
@@ -322,7 +322,7 @@ async fn insert_retention(
         .map_err(StateError::op("retention_insert"))
 }
 
-async fn insert_custodians(
+pub(super) async fn insert_custodians(
     conn: &mut AnyConnection,
     rows: &[RetentionRow],
 ) -> Result<(), StateError> {

@@ -37,7 +37,18 @@ pub struct DueScopes {
     pub not_due: u64,
 }
 
-const SCHEDULE_COLUMNS: &str = "source, scope_id, polled_at, interval_ms, next_due_at, last_new_at";
+/// Stores a schedule unless a later poll's is there: $1 source, $2 scope, $3 polled_at,
+/// $4 interval_ms, $5 next_due_at, $6 last_new_at.
+pub(super) const SET_SCHEDULE: &str =
+    "INSERT INTO poll_schedule (source, scope_id, polled_at, interval_ms, next_due_at, \
+       last_new_at) VALUES ($1, $2, $3, $4, $5, $6) \
+     ON CONFLICT (source, scope_id) DO UPDATE SET \
+       polled_at = excluded.polled_at, interval_ms = excluded.interval_ms, \
+       next_due_at = excluded.next_due_at, last_new_at = excluded.last_new_at \
+     WHERE poll_schedule.polled_at <= excluded.polled_at";
+
+pub(super) const SCHEDULE_COLUMNS: &str =
+    "source, scope_id, polled_at, interval_ms, next_due_at, last_new_at";
 
 impl StateDb {
     /// The active scopes of `kind` that `source` must poll now: departed ones (final sweep),
@@ -130,28 +141,21 @@ impl StateDb {
     /// catch-up pass that polled the scope after this one).
     pub async fn set_poll_schedule(&self, s: &PollSchedule) -> Result<(), StateError> {
         let _slot = self.writer_slot().await;
-        sqlx::query(
-            "INSERT INTO poll_schedule (source, scope_id, polled_at, interval_ms, next_due_at, \
-               last_new_at) VALUES ($1, $2, $3, $4, $5, $6) \
-             ON CONFLICT (source, scope_id) DO UPDATE SET \
-               polled_at = excluded.polled_at, interval_ms = excluded.interval_ms, \
-               next_due_at = excluded.next_due_at, last_new_at = excluded.last_new_at \
-             WHERE poll_schedule.polled_at <= excluded.polled_at",
-        )
-        .bind(s.source.as_str())
-        .bind(s.scope_id.as_str())
-        .bind(s.polled_at)
-        .bind(s.interval_ms)
-        .bind(s.next_due_at)
-        .bind(s.last_new_at)
-        .execute(self.pool())
-        .await
-        .map(|_| ())
-        .map_err(StateError::op("set_poll_schedule"))
+        sqlx::query(SET_SCHEDULE)
+            .bind(s.source.as_str())
+            .bind(s.scope_id.as_str())
+            .bind(s.polled_at)
+            .bind(s.interval_ms)
+            .bind(s.next_due_at)
+            .bind(s.last_new_at)
+            .execute(self.pool())
+            .await
+            .map(|_| ())
+            .map_err(StateError::op("set_poll_schedule"))
     }
 }
 
-fn schedule_row(row: &AnyRow, op: &'static str) -> Result<PollSchedule, StateError> {
+pub(super) fn schedule_row(row: &AnyRow, op: &'static str) -> Result<PollSchedule, StateError> {
     let r = RowReader::new(row, op);
     Ok(PollSchedule {
         source: r.string("source")?,

@@ -84,3 +84,44 @@ async fn create_database(admin_url: &str, name: &str) -> Result<(), StateError> 
         .await
         .map_err(StateError::op("create test database"))
 }
+
+/// Makes two `#[tokio::test]`s (modules `sqlite` and `postgres`) for each named
+/// `async fn(StateDb)` of the invoking module: one on a fresh SQLite file, one on a fresh
+/// PostgreSQL database (skipped only when `M365_SKIP_POSTGRES=1`).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let dir = tempfile::tempdir().expect("temporary directory");
+                    let db = $crate::state::testing::sqlite_in(dir.path())
+                        .await
+                        .unwrap_or_else(|e| panic!("SQLite state database: {e}"));
+                    super::$name(db).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = match $crate::state::testing::fresh_postgres().await {
+                        Ok(Some(db)) => db,
+                        Ok(None) => {
+                            eprintln!(
+                                "skipping PostgreSQL variant ({}=1)",
+                                $crate::state::testing::SKIP_POSTGRES_VAR
+                            );
+                            return;
+                        }
+                        Err(e) => panic!("PostgreSQL state database: {e}"),
+                    };
+                    super::$name(db).await;
+                }
+            )*
+        }
+    };
+}

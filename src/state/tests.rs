@@ -10,38 +10,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use super::testing;
 use super::*;
 
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let dir = tempfile::tempdir().expect("temporary directory");
-                    let db = super::testing::sqlite_in(dir.path())
-                        .await
-                        .unwrap_or_else(|e| panic!("SQLite state database: {e}"));
-                    super::$name(db).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let db = match super::testing::fresh_postgres().await {
-                        Ok(Some(db)) => db,
-                        Ok(None) => {
-                            eprintln!("skipping PostgreSQL variant ({}=1)", super::testing::SKIP_POSTGRES_VAR);
-                            return;
-                        }
-                        Err(e) => panic!("PostgreSQL state database: {e}"),
-                    };
-                    super::$name(db).await;
-                }
-            )*
-        }
-    };
-}
+use crate::both_backends;
 
 both_backends!(
     migrations_are_idempotent,

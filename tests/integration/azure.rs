@@ -144,6 +144,53 @@ async fn unreachable_store_is_reported_and_exits_69() {
     assert!(all.contains("cannot reach the archive store"), "{all}");
 }
 
+/// A listing spanning several pages streams every name once, in byte order, as `list` does:
+/// `verify` merges it against the catalogue and would report false gaps otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azurite_listing_streams_pages_in_byte_order() {
+    use futures::TryStreamExt;
+    if !azurite_available() {
+        return;
+    }
+    let target = AzureTarget::for_store(&StoreKind::Azurite)
+        .await
+        .expect("target");
+    let store = target.store_with_blocks(1).with_list_page(7);
+    let mut keys: Vec<String> = (0..40)
+        .map(|i| match i % 4 {
+            0 => format!("records/chats/A{i:03}.json"),
+            1 => format!("records/chats/a{i:03}.json"),
+            2 => format!("records/chats/19%3A{i}%40thread/{i}@{i}.json"),
+            _ => format!("records/copilot/u{i}/{i}.json"),
+        })
+        .collect();
+    for key in &keys {
+        let bytes = bytes::Bytes::from(key.clone().into_bytes());
+        let opts = PutOptions {
+            sha256: sha256_hex(&bytes),
+            ..Default::default()
+        };
+        store.put_create_only(key, bytes, &opts).await.expect("put");
+    }
+    keys.sort();
+    let streamed: Vec<String> = store
+        .list_stream("records/")
+        .try_collect()
+        .await
+        .expect("stream");
+    assert_eq!(
+        streamed, keys,
+        "every name once, in byte order, across 6 pages"
+    );
+    assert_eq!(store.list("records/").await.expect("list"), keys);
+    let chats: Vec<String> = store
+        .list_stream("records/chats/")
+        .try_collect()
+        .await
+        .expect("stream");
+    assert_eq!(chats.len(), 30, "the prefix is applied");
+}
+
 /// The store's own round trip on Azurite: create-only, reads, listing, hashes, metadata,
 /// block uploads, deletion, and the start-up check's immutability verdict.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! Integration tests: the real binary against the Graph simulator over HTTP, on SQLite and on
 //! PostgreSQL, with a real archive folder.
 
+mod daemon;
 mod helpers;
 
 mod azure;

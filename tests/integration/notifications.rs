@@ -4,81 +4,22 @@
 //! seconds while polling waits an hour; a removed subscription is recreated and caught up;
 //! with notifications healthy, Copilot polling is relaxed and saves its requests.
 
+use crate::daemon::Daemon;
 use crate::helpers::*;
 use m365_archiver::archive::ArchiveStore;
 use m365_archiver::groundtruth::{storage_key, TruthRecord};
 use m365_archiver::notifications::cert;
-use std::sync::{Arc, Mutex};
+
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Child;
 
 pub(crate) const CLIENT_STATE: &str = "integration-client-state-0123456789abcdef";
 
-/// The daemon, its stderr collected line by line.
-pub(crate) struct Daemon {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Daemon {
-    pub(crate) fn start(env: &Env, poll_interval: &str) -> Daemon {
-        let mut child = env
-            .command(&["run"])
-            .env("M365_ARCHIVER__EXPORT__POLL_INTERVAL", poll_interval)
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn the daemon");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("stderr piped");
-        let sink = lines.clone();
-        tokio::spawn(async move {
-            let mut reader = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                sink.lock().expect("lines").push(line);
-            }
-        });
-        Daemon { child, lines }
-    }
-
-    pub(crate) fn log(&self) -> String {
-        self.lines.lock().expect("lines").join("\n")
-    }
-
-    pub(crate) fn count(&self, needle: &str) -> usize {
-        let lines = self.lines.lock().expect("lines");
-        lines.iter().filter(|l| l.contains(needle)).count()
-    }
-
-    pub(crate) async fn wait_for(&self, needle: &str, within: Duration) {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if self.count(needle) > 0 {
-                return;
-            }
-            sleep_ms(50).await;
-        }
-        panic!(
-            "\"{needle}\" not seen within {within:?}; log:\n{}",
-            self.log()
-        );
-    }
-
-    pub(crate) async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await;
-    }
-
-    /// SIGKILL: no shutdown path runs, as in a crash or an OOM kill.
-    pub(crate) async fn kill(mut self) {
-        self.child.start_kill().expect("SIGKILL the daemon");
-        let _ = self.child.wait().await;
-    }
+/// The daemon polling every `poll_interval`, logging at info.
+pub(crate) fn start_daemon(env: &Env, poll_interval: &str) -> Daemon {
+    let mut cmd = env.command(&["run"]);
+    cmd.env("M365_ARCHIVER__EXPORT__POLL_INTERVAL", poll_interval)
+        .env("RUST_LOG", "info");
+    Daemon::spawn(cmd)
 }
 
 pub(crate) fn free_port() -> u16 {
@@ -229,10 +170,10 @@ pub(crate) async fn archived(env: &Env, records: &[TruthRecord]) -> bool {
 async fn new_interactions_arrive_by_notification_and_removed_subscriptions_come_back() {
     let env = notifications_env(3, "2h").await;
     // Polling every hour: within the test, only notifications can bring new records.
-    let daemon = Daemon::start(&env, "1h");
+    let daemon = start_daemon(&env, "1h");
     let subs = wait_for_subscriptions(&env, 3, &daemon).await;
     daemon
-        .wait_for("pass complete", Duration::from_secs(60))
+        .wait_for_nth("pass complete", 1, Duration::from_secs(60))
         .await;
 
     let user = subs[0].1.clone();
@@ -284,7 +225,7 @@ async fn new_interactions_arrive_by_notification_and_removed_subscriptions_come_
     )
     .await;
     daemon
-        .wait_for("catch-up pass", Duration::from_secs(15))
+        .wait_for_nth("catch-up pass", 1, Duration::from_secs(15))
         .await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -313,10 +254,10 @@ async fn new_interactions_arrive_by_notification_and_removed_subscriptions_come_
 async fn healthy_notifications_relax_copilot_polling() {
     let env = notifications_env(3, "1h").await;
     // Passes every 2 s: without notifications, each would ask every user's interactions.
-    let daemon = Daemon::start(&env, "2s");
+    let daemon = start_daemon(&env, "2s");
     wait_for_subscriptions(&env, 3, &daemon).await;
     daemon
-        .wait_for("copilot polling relaxed", Duration::from_secs(40))
+        .wait_for_nth("copilot polling relaxed", 1, Duration::from_secs(40))
         .await;
     let before = interactions_requests(&env).await;
     sleep_ms(5_000).await;

@@ -3,9 +3,11 @@
 //! truth, and each test shows which mechanism closed the gap (the sweep, a `missed` catch-up,
 //! the durable queue).
 
+use crate::daemon::Daemon;
 use crate::helpers::*;
 use crate::notifications::{
-    get_json, notifications_env_with, raw_state, sim_subscriptions, wait_for_subscriptions, Daemon,
+    get_json, notifications_env_with, raw_state, sim_subscriptions, start_daemon,
+    wait_for_subscriptions,
 };
 use m365_archiver::groundtruth::storage_key;
 use m365_archiver::sim::SimConfig;
@@ -96,10 +98,10 @@ fn users_of(subs: &[(String, String)]) -> Vec<String> {
 async fn dropped_notifications_are_swept_up() {
     let ne = notifications_env_with(Db::Sqlite, sim_config(4, 4), "4s", "").await;
     let env = &ne.env;
-    let daemon = Daemon::start(env, "2s");
+    let daemon = start_daemon(env, "2s");
     let subs = wait_for_subscriptions(env, 4, &daemon).await;
     daemon
-        .wait_for("pass complete", Duration::from_secs(60))
+        .wait_for_nth("pass complete", 1, Duration::from_secs(60))
         .await;
     env.sim_put(
         "/_sim/notifications/drop",
@@ -125,10 +127,10 @@ async fn dropped_notifications_are_swept_up() {
 async fn missed_events_trigger_a_catch_up_that_closes_the_gap() {
     let ne = notifications_env_with(Db::Sqlite, sim_config(4, 4), "1h", "").await;
     let env = &ne.env;
-    let daemon = Daemon::start(env, "1h");
+    let daemon = start_daemon(env, "1h");
     let subs = wait_for_subscriptions(env, 4, &daemon).await;
     daemon
-        .wait_for("pass complete", Duration::from_secs(60))
+        .wait_for_nth("pass complete", 1, Duration::from_secs(60))
         .await;
     env.sim_put(
         "/_sim/notifications/drop",
@@ -190,10 +192,10 @@ async fn missed_events_trigger_a_catch_up_that_closes_the_gap() {
 async fn a_subscription_removed_mid_stream_loses_nothing() {
     let ne = notifications_env_with(Db::Sqlite, sim_config(3, 4), "1h", "").await;
     let env = &ne.env;
-    let daemon = Daemon::start(env, "3s");
+    let daemon = start_daemon(env, "3s");
     let subs = wait_for_subscriptions(env, 3, &daemon).await;
     daemon
-        .wait_for("pass complete", Duration::from_secs(60))
+        .wait_for_nth("pass complete", 1, Duration::from_secs(60))
         .await;
     let users = users_of(&subs);
     let removed = subs[0].0.clone();
@@ -238,10 +240,10 @@ async fn queue_rows(state: &sqlx::AnyPool) -> BTreeMap<i64, bool> {
 async fn killed_receiver_loses_nothing(db: Db) {
     let ne = notifications_env_with(db, fast_retry_sim(4), "1h", "").await;
     let env = &ne.env;
-    let daemon = Daemon::start(env, "1h");
+    let mut daemon = start_daemon(env, "1h");
     let subs = wait_for_subscriptions(env, 4, &daemon).await;
     daemon
-        .wait_for("pass complete", Duration::from_secs(60))
+        .wait_for_nth("pass complete", 1, Duration::from_secs(60))
         .await;
     let users = users_of(&subs);
     let state = raw_state(env).await;
@@ -288,7 +290,7 @@ async fn killed_receiver_loses_nothing(db: Db) {
     });
     futures::future::join_all(late).await;
 
-    let daemon = Daemon::start(env, "1h");
+    let daemon = start_daemon(env, "1h");
     wait_exact(env, Duration::from_secs(25), &daemon).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

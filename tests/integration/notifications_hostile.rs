@@ -6,7 +6,7 @@
 
 use crate::helpers::*;
 use crate::notifications::{
-    notifications_env_with, raw_state, wait_for_subscriptions, Daemon, NotifEnv, CLIENT_STATE,
+    notifications_env_with, raw_state, start_daemon, wait_for_subscriptions, NotifEnv, CLIENT_STATE,
 };
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -174,10 +174,10 @@ async fn hostile_posts_get_a_bare_status_and_archive_nothing() {
     sim.notifications.signing_key_pem = Some(signing_pem.clone());
     let ne = notifications_env_with(Db::Sqlite, sim, "1h", &format!("max_body = {MAX_BODY}")).await;
     let env = &ne.env;
-    let daemon = Daemon::start(env, "1h");
+    let daemon = start_daemon(env, "1h");
     let subs = wait_for_subscriptions(env, 2, &daemon).await;
     daemon
-        .wait_for("pass complete", Duration::from_secs(60))
+        .wait_for_nth("pass complete", 1, Duration::from_secs(60))
         .await;
     let mut f = forger(&ne, signing_pem, &subs).await;
     let state = env.state().await;

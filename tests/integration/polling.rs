@@ -3,15 +3,14 @@
 //! `export.max_staleness`, and a record created for an idle user is still archived within
 //! max_staleness + settle_lag + one poll.
 
+use crate::daemon::Daemon;
 use crate::helpers::*;
 use m365_archiver::archive::ArchiveStore;
 use m365_archiver::groundtruth::{storage_key, TruthRecord};
 use m365_archiver::state::StateDb;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Child;
 
 const BASE: Duration = Duration::from_secs(1);
 const MAX_STALENESS: Duration = Duration::from_secs(4);
@@ -20,58 +19,26 @@ const SETTLE_LAG: Duration = Duration::from_secs(1);
 /// Room for one poll (and a loaded test machine) on top of the bound.
 const SLACK: Duration = Duration::from_secs(3);
 
-/// The daemon with a fast schedule, its stderr collected.
-struct Daemon {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
+/// The daemon with a fast schedule.
+fn start_daemon(env: &Env) -> Daemon {
+    let mut cmd = env.command(&["run"]);
+    cmd.env("M365_ARCHIVER__EXPORT__POLL_INTERVAL", "1s")
+        .env("M365_ARCHIVER__EXPORT__MAX_STALENESS", "4s")
+        .env("M365_ARCHIVER__EXPORT__IDLE_BACKOFF", "2")
+        .env("RUST_LOG", "info");
+    Daemon::spawn(cmd)
 }
 
-impl Daemon {
-    fn start(env: &Env) -> Daemon {
-        let mut child = env
-            .command(&["run"])
-            .env("M365_ARCHIVER__EXPORT__POLL_INTERVAL", "1s")
-            .env("M365_ARCHIVER__EXPORT__MAX_STALENESS", "4s")
-            .env("M365_ARCHIVER__EXPORT__IDLE_BACKOFF", "2")
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn the daemon");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("stderr piped");
-        let sink = lines.clone();
-        tokio::spawn(async move {
-            let mut reader = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                sink.lock().expect("lines").push(line);
-            }
-        });
-        Daemon { child, lines }
-    }
-
-    fn log(&self) -> String {
-        self.lines.lock().expect("lines").join("\n")
-    }
-
-    /// Largest `scopes_not_due` any pass logged.
-    fn most_not_due(&self) -> u64 {
-        let lines = self.lines.lock().expect("lines");
-        (lines.iter())
-            .filter_map(|l| l.split("scopes_not_due=").nth(1))
-            .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-            .filter_map(|n| n.parse().ok())
-            .max()
-            .unwrap_or(0)
-    }
-
-    async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await;
-    }
+/// Largest `scopes_not_due` any pass logged.
+fn most_not_due(daemon: &Daemon) -> u64 {
+    daemon
+        .matching("scopes_not_due=")
+        .iter()
+        .filter_map(|l| l.split("scopes_not_due=").nth(1))
+        .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .filter_map(|n| n.parse().ok())
+        .max()
+        .unwrap_or(0)
 }
 
 async fn create(env: &Env, user: &str) -> Vec<TruthRecord> {
@@ -141,7 +108,7 @@ async fn first_pass_done(state: &StateDb) -> Option<Vec<String>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_users_are_polled_less_yet_within_the_staleness_bound() {
     let env = Env::new(Db::Sqlite, sim_config(4, 3), &Opts::default()).await;
-    let daemon = Daemon::start(&env);
+    let daemon = start_daemon(&env);
     let state = env.state().await;
     let users = wait_first_pass(&state, &daemon).await;
     let (active, idle) = (users[0].clone(), users[1..].to_vec());
@@ -178,7 +145,7 @@ async fn idle_users_are_polled_less_yet_within_the_staleness_bound() {
         "active user kept short"
     );
     assert!(
-        daemon.most_not_due() > 0,
+        most_not_due(&daemon) > 0,
         "passes left idle users out; log:\n{}",
         daemon.log()
     );

@@ -2,49 +2,20 @@
 //! share the scopes through leases and the tenant's rate budget through the replica registry.
 //! One is SIGKILLed mid-pass; the others take over its scopes once its leases expire.
 
+use crate::daemon::Daemon;
 use crate::helpers::*;
 use m365_archiver::replicas;
 use m365_archiver::state::StateDb;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Child;
 
 /// The simulator's limit and the archivers' configured budget: the same, so any overshoot of
 /// the combined rate shows as 429s.
 const RPS: f64 = 20.0;
 
-/// One `run --once` process with its stderr collected.
-struct Replica {
-    child: Child,
-    pid: u32,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Replica {
-    fn start(env: &Env) -> Replica {
-        let mut child = env
-            .command(&["run", "--once"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn a replica");
-        let pid = child.id().expect("pid");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("stderr piped");
-        let sink = lines.clone();
-        tokio::spawn(async move {
-            let mut reader = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                sink.lock().expect("lines").push(line);
-            }
-        });
-        Replica { child, pid, lines }
-    }
-
-    fn log(&self) -> String {
-        self.lines.lock().expect("lines").join("\n")
-    }
+/// One `run --once` process.
+fn start_replica(env: &Env) -> Daemon {
+    Daemon::spawn(env.command(&["run", "--once"]))
 }
 
 /// The simulator's counters over time: when, interaction requests, other requests (each class
@@ -152,7 +123,7 @@ async fn three_replicas_share_the_budget_and_take_over_a_killed_one() {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let samples = sample_sim(&env, stop.clone());
     let started = Instant::now();
-    let mut replicas: Vec<Replica> = (0..3).map(|_| Replica::start(&env)).collect();
+    let mut replicas: Vec<Daemon> = (0..3).map(|_| start_replica(&env)).collect();
 
     // All three register; `status` lists them.
     let state = env.state().await;

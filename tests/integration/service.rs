@@ -2,6 +2,7 @@
 //! metrics endpoint against the simulator's ground truth, systemd notifications, SIGHUP reload,
 //! the unit's verification and hardening score, and the configuration reference.
 
+use crate::daemon::Daemon;
 use crate::helpers::*;
 use m365_archiver::archive::{sha256_hex, ArchiveStore};
 use m365_archiver::groundtruth::{storage_key, TruthRecord};
@@ -10,91 +11,19 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Child;
 
 /// The shutdown deadline the tests configure, and what they allow on top of it for process
 /// start-up and teardown on a loaded 2-core machine.
 const SHUTDOWN_TIMEOUT_S: u64 = 3;
 const EXIT_SLACK: Duration = Duration::from_millis(2500);
 
-/// The real binary running `run`, with its stderr collected line by line.
-struct Daemon {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Daemon {
-    fn start(env: &Env, vars: &[(&str, String)]) -> Daemon {
-        let mut cmd = env.command(&["run"]);
-        for (k, v) in vars {
-            cmd.env(k, v);
-        }
-        let mut child = cmd
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn the daemon");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("stderr piped");
-        let sink = lines.clone();
-        tokio::spawn(async move {
-            let mut reader = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                sink.lock().expect("lines").push(line);
-            }
-        });
-        Daemon { child, lines }
+/// The real binary running `run` with extra environment variables.
+fn start(env: &Env, vars: &[(&str, String)]) -> Daemon {
+    let mut cmd = env.command(&["run"]);
+    for (k, v) in vars {
+        cmd.env(k, v);
     }
-
-    fn log(&self) -> String {
-        self.lines.lock().expect("lines").join("\n")
-    }
-
-    fn count(&self, needle: &str) -> usize {
-        let lines = self.lines.lock().expect("lines");
-        lines.iter().filter(|l| l.contains(needle)).count()
-    }
-
-    /// Waits until `needle` has appeared `n` times in the log; panics with the log otherwise.
-    async fn wait_for(&self, needle: &str, n: usize, within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if self.count(needle) >= n {
-                let lines = self.lines.lock().expect("lines");
-                let found = lines.iter().filter(|l| l.contains(needle)).nth(n - 1);
-                return found.cloned().unwrap_or_default();
-            }
-            sleep_ms(50).await;
-        }
-        panic!(
-            "\"{needle}\" not seen {n} time(s) within {within:?}; log:\n{}",
-            self.log()
-        );
-    }
-
-    fn signal(&self, sig: i32) {
-        let pid = self.child.id().expect("daemon running") as i32;
-        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
-        let rc = unsafe { libc::kill(pid, sig) };
-        assert_eq!(rc, 0, "kill({pid}, {sig})");
-    }
-
-    /// SIGTERM, then the exit status and how long the exit took.
-    async fn terminate(&mut self, within: Duration) -> (std::process::ExitStatus, Duration) {
-        let sent = Instant::now();
-        self.signal(libc::SIGTERM);
-        let status = tokio::time::timeout(within, self.child.wait())
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "daemon still running {within:?} after SIGTERM; log:\n{}",
-                    self.log()
-                )
-            })
-            .expect("wait for the daemon");
-        (status, sent.elapsed())
-    }
+    Daemon::spawn(cmd)
 }
 
 /// Adds lines to the `[export]` table of the test configuration and appends other tables.
@@ -182,9 +111,9 @@ async fn sigterm_mid_window(db: Db) {
         &format!("[service]\nshutdown_timeout = \"{SHUTDOWN_TIMEOUT_S}s\""),
     );
     let truth = env.truth().await;
-    let mut daemon = Daemon::start(&env, &[]);
+    let mut daemon = start(&env, &[]);
     daemon
-        .wait_for("service ready", 1, Duration::from_secs(30))
+        .wait_for_nth("service ready", 1, Duration::from_secs(30))
         .await;
     // Some records archived, the pass far from done.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -310,7 +239,7 @@ async fn metrics_match_ground_truth_and_systemd_is_told() {
         "[metrics]\nlisten = \"127.0.0.1:0\"",
     );
     let (notes, sock_path) = notify_listener(env.dir.path());
-    let mut daemon = Daemon::start(
+    let mut daemon = start(
         &env,
         &[
             ("NOTIFY_SOCKET", sock_path),
@@ -318,7 +247,7 @@ async fn metrics_match_ground_truth_and_systemd_is_told() {
         ],
     );
     let line = daemon
-        .wait_for("metrics endpoint listening", 1, Duration::from_secs(30))
+        .wait_for_nth("metrics endpoint listening", 1, Duration::from_secs(30))
         .await;
     let addr = line
         .split_whitespace()
@@ -326,7 +255,7 @@ async fn metrics_match_ground_truth_and_systemd_is_told() {
         .expect("metrics.addr in the log line")
         .to_string();
     daemon
-        .wait_for("archive current:", 1, Duration::from_secs(120))
+        .wait_for_nth("archive current:", 1, Duration::from_secs(120))
         .await;
     let (code, text) = get(&format!("http://{addr}/metrics")).await;
     assert_eq!(code, 200);
@@ -422,9 +351,9 @@ async fn sighup_reloads_the_schedule_and_refuses_a_bad_config() {
     let env = Env::new(Db::Sqlite, sim_config(4, 5), &Opts::default()).await;
     customise_config(&env, "poll_interval = \"1h\"", "");
     let good = std::fs::read_to_string(&env.config).expect("config");
-    let mut daemon = Daemon::start(&env, &[]);
+    let mut daemon = start(&env, &[]);
     daemon
-        .wait_for("archive current:", 1, Duration::from_secs(60))
+        .wait_for_nth("archive current:", 1, Duration::from_secs(60))
         .await;
 
     std::fs::write(
@@ -434,7 +363,7 @@ async fn sighup_reloads_the_schedule_and_refuses_a_bad_config() {
     .expect("write");
     daemon.signal(libc::SIGHUP);
     let refused = daemon
-        .wait_for("configuration reload refused", 1, Duration::from_secs(10))
+        .wait_for_nth("configuration reload refused", 1, Duration::from_secs(10))
         .await;
     assert!(refused.contains("export.overlap"), "{refused}");
 
@@ -445,11 +374,11 @@ async fn sighup_reloads_the_schedule_and_refuses_a_bad_config() {
     .expect("write");
     daemon.signal(libc::SIGHUP);
     daemon
-        .wait_for("configuration reloaded", 1, Duration::from_secs(10))
+        .wait_for_nth("configuration reloaded", 1, Duration::from_secs(10))
         .await;
     // With the old hour-long interval no second pass would come.
     daemon
-        .wait_for("archive current:", 2, Duration::from_secs(20))
+        .wait_for_nth("archive current:", 2, Duration::from_secs(20))
         .await;
     let (status, _) = daemon.terminate(Duration::from_secs(20)).await;
     assert!(status.success(), "{}", daemon.log());

@@ -1,37 +1,10 @@
 //! Migration 0002 on both databases: rows only move forward (triggers), holds cover by
 //! custodian, disposal candidates exclude held and unexpired objects.
 
-use super::super::testing;
 use super::super::*;
 use chrono::{DateTime, TimeZone, Utc};
 
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let dir = tempfile::tempdir().expect("temporary directory");
-                    let db = super::testing::sqlite_in(dir.path()).await.expect("SQLite");
-                    super::$name(db).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let db = match super::testing::fresh_postgres().await {
-                        Ok(Some(db)) => db,
-                        Ok(None) => return,
-                        Err(e) => panic!("PostgreSQL state database: {e}"),
-                    };
-                    super::$name(db).await;
-                }
-            )*
-        }
-    };
-}
+use crate::both_backends;
 
 both_backends!(
     retention_rows_only_extend,
