@@ -3,6 +3,7 @@
 //!   cargo bench --bench chats -- [--users N] [--chats N] [--per-chat N] [--runs N]
 //!                                [--rps R] [--recording-mib N] [--skip-chats] [--skip-recording]
 //!                                [--dir PATH]   (where state and archive live; default: TMPDIR)
+//!                                [--concurrency N]  (export.concurrency; default 32)
 //!   scripts/with-postgres.sh cargo bench --bench chats -- --replicas N [...]
 //!
 //! 1. Chat messages: a fresh simulated tenant (every user in several 1:1, group and meeting
@@ -42,6 +43,8 @@ struct Args {
     recording_bench: bool,
     /// Where each run's state and archive live (a new directory inside it per run).
     dir: Option<std::path::PathBuf>,
+    /// export.concurrency of each process.
+    concurrency: usize,
     /// N processes on PostgreSQL instead of one on SQLite.
     replicas: Option<usize>,
 }
@@ -58,6 +61,7 @@ fn parse_args() -> Args {
         recording_bench: true,
         dir: None,
         replicas: None,
+        concurrency: 32,
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -74,6 +78,7 @@ fn parse_args() -> Args {
             "--skip-chats" => (a.chats_bench, step) = (false, 1),
             "--skip-recording" => (a.recording_bench, step) = (false, 1),
             "--dir" => a.dir = Some(next.into()),
+            "--concurrency" => a.concurrency = next.parse().unwrap_or(a.concurrency).max(1),
             "--replicas" => a.replicas = next.parse().ok().filter(|n| *n >= 1),
             _ => step = 1,
         }
@@ -113,8 +118,8 @@ fn main() {
         }
         let med = |g: fn(&(ChatFigures, ChatFigures)) -> f64| median(all.iter().map(g).collect());
         println!(
-            "chats median of {} run(s), {} users, {} chats x {} messages, {}: backfill budget used {:.1}% (429s {:.2}%, {:.0} versions/s, {:.4} requests per archived version, CPU s/10k {:.3}, peak RSS {:.1} MiB) | re-sweep budget used {:.1}% (429s {:.2}%)",
-            all.len(), args.users, args.chats, args.per_chat, setup(args.replicas),
+            "chats median of {} run(s), {} users, {} chats x {} messages, {}, concurrency {}: backfill budget used {:.1}% (429s {:.2}%, {:.0} versions/s, {:.4} requests per archived version, CPU s/10k {:.3}, peak RSS {:.1} MiB) | re-sweep budget used {:.1}% (429s {:.2}%)",
+            all.len(), args.users, args.chats, args.per_chat, setup(args.replicas), args.concurrency,
             med(|f| f.0.budget_fraction) * 100.0, med(|f| f.0.throttled_pct), med(|f| f.0.versions_per_s),
             med(|f| f.0.requests_per_version), med(|f| f.0.cpu_s_per_10k), med(|f| f.0.peak_rss_mib),
             med(|f| f.1.budget_fraction) * 100.0, med(|f| f.1.throttled_pct)
@@ -179,6 +184,7 @@ async fn chat_run(args: &Args) -> (ChatFigures, ChatFigures, tempfile::TempDir) 
             "chats",
             &graph,
             export,
+            args.concurrency,
         );
         std::fs::write(&config, text).expect("config");
     };
@@ -257,6 +263,7 @@ async fn recording_run(mib: u64) -> (f64, Duration, u64) {
             "recordings",
             "",
             "",
+            32,
         ),
     )
     .expect("config");
@@ -303,6 +310,7 @@ fn config_text(
     source: &str,
     extra: &str,
     export_extra: &str,
+    concurrency: usize,
 ) -> String {
     let start = (chrono::Utc::now() - chrono::Duration::days(32)).to_rfc3339();
     format!(
@@ -324,7 +332,7 @@ start = "{start}"
 max_window = "60d"
 settle_lag = "1s"
 page_size = 50
-concurrency = 32
+concurrency = {concurrency}
 {export_extra}
 [discovery]
 mode = "sku"

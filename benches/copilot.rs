@@ -17,7 +17,7 @@ mod measure;
 
 use m365_archiver::archive::fs::FsStore;
 use m365_archiver::groundtruth;
-use measure::{class_requests, median, run_replicas, setup, state_url, Usage};
+use measure::{class_requests, median, run_replicas, setup, state_url, SimProcess, Usage};
 use std::time::{Duration, Instant};
 
 struct Args {
@@ -95,7 +95,7 @@ fn main() {
 
 async fn one_run(args: &Args) -> Figures {
     let dir = tempfile::tempdir().expect("tempdir");
-    let sim = SimProcess::start(dir.path(), args);
+    let sim = SimProcess::start(dir.path(), &sim_toml(args));
     let authority = sim.authority.clone();
     sim.wait_ready().await;
     let config = dir.path().join("bench.toml");
@@ -127,60 +127,12 @@ async fn one_run(args: &Args) -> Figures {
 
 /// The simulator runs as its own process so that this process stays small: a child's peak RSS
 /// (ru_maxrss) includes what it inherited between fork and exec.
-struct SimProcess {
-    child: std::process::Child,
-    authority: String,
-}
-
-impl SimProcess {
-    fn start(dir: &std::path::Path, args: &Args) -> SimProcess {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let cfg = dir.join("sim.toml");
-        let text = format!(
-            "users = {}\ninteractions_per_user = {}\nhistory_days = 30\n[rate_limits]\ninteractions_rps = 30.0\n",
-            args.users, args.per_user
-        );
-        std::fs::write(&cfg, text).expect("sim config");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_m365-archiver"))
-            .args([
-                "sim",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--sim-config",
-            ])
-            .arg(&cfg)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start simulator");
-        SimProcess {
-            child,
-            authority: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    async fn wait_ready(&self) {
-        for _ in 0..200 {
-            if reqwest::get(format!("{}/_sim/stats", self.authority))
-                .await
-                .is_ok()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("simulator did not start");
-    }
-}
-
-impl Drop for SimProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The simulator's configuration for a run: the tenant and Graph's documented 30 rps.
+fn sim_toml(args: &Args) -> String {
+    format!(
+        "users = {}\ninteractions_per_user = {}\nhistory_days = 30\n[rate_limits]\ninteractions_rps = 30.0\n",
+        args.users, args.per_user
+    )
 }
 
 fn config_text(authority: &str, dir: &std::path::Path, state_url: &str, rps: f64) -> String {

@@ -25,7 +25,7 @@ use m365_archiver::archive::fs::FsStore;
 use m365_archiver::archive::keys;
 use m365_archiver::groundtruth::{self, TruthRecord};
 use m365_archiver::notifications::cert;
-use measure::{class_requests, median, percentile, vm_hwm_kib, Usage};
+use measure::{class_requests, median, percentile, vm_hwm_kib, SimProcess, Usage};
 use sqlx::Row;
 use std::collections::HashMap;
 use std::path::Path;
@@ -210,7 +210,7 @@ fn summary(args: &Args, notif: &[Figures], poll: &[Figures]) {
 /// notifications: those Graph would subscribe; the polling run reuses them, same tenant seed).
 async fn one_run(args: &Args, mode: Mode, users: &[String]) -> (Figures, Vec<String>) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let sim = SimProcess::start(dir.path(), args.users);
+    let sim = SimProcess::start(dir.path(), &sim_toml(args.users));
     sim.wait_ready().await;
     let authority = sim.authority.clone();
     let config = dir.path().join("bench.toml");
@@ -622,54 +622,9 @@ impl Daemon {
 }
 
 /// The simulator in its own process, so the archiver's figures are its own.
-struct SimProcess {
-    child: std::process::Child,
-    authority: String,
-}
-
-impl SimProcess {
-    fn start(dir: &Path, users: u32) -> SimProcess {
-        let port = free_port();
-        let cfg = dir.join("sim.toml");
-        let text = format!(
-            "users = {users}\ninteractions_per_user = 2\nhistory_days = 30\n[rate_limits]\ninteractions_rps = {GRAPH_RPS}\n"
-        );
-        std::fs::write(&cfg, text).expect("sim config");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_m365-archiver"))
-            .args([
-                "sim",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--sim-config",
-            ])
-            .arg(&cfg)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start simulator");
-        SimProcess {
-            child,
-            authority: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    async fn wait_ready(&self) {
-        for _ in 0..200 {
-            if reqwest::get(format!("{}/_sim/stats", self.authority))
-                .await
-                .is_ok()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("simulator did not start");
-    }
-}
-
-impl Drop for SimProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The simulator's configuration: `users` with two interactions each, at Graph's limit.
+fn sim_toml(users: u32) -> String {
+    format!(
+        "users = {users}\ninteractions_per_user = 2\nhistory_days = 30\n[rate_limits]\ninteractions_rps = {GRAPH_RPS}\n"
+    )
 }

@@ -404,7 +404,6 @@ fn hostname() -> String {
 mod tests {
     use super::*;
     use crate::graph::{Budgets, Credential, GraphClientConfig, RetryConfig};
-    use crate::state::testing;
 
     const FAST: Timing = Timing {
         heartbeat: Duration::from_millis(200),
@@ -683,35 +682,7 @@ mod tests {
         assert!(!budget.wanted() && !budget.is_parked());
     }
 
-    macro_rules! both_backends {
-        ($($name:ident),* $(,)?) => {
-            mod sqlite {
-                $(
-                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                    async fn $name() {
-                        let dir = tempfile::tempdir().expect("temporary directory");
-                        let db = super::testing::sqlite_in(dir.path())
-                            .await
-                            .unwrap_or_else(|e| panic!("SQLite state database: {e}"));
-                        super::$name(db).await;
-                    }
-                )*
-            }
-            mod postgres {
-                $(
-                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                    async fn $name() {
-                        let db = match super::testing::fresh_postgres().await {
-                            Ok(Some(db)) => db,
-                            Ok(None) => return,
-                            Err(e) => panic!("PostgreSQL state database: {e}"),
-                        };
-                        super::$name(db).await;
-                    }
-                )*
-            }
-        };
-    }
+    use crate::both_backends;
 
     both_backends!(
         shares_follow_the_live_replicas,

@@ -166,3 +166,59 @@ pub fn run_replicas(config: &std::path::Path, replicas: Option<usize>) -> Usage 
         max_rss_kib: exits.iter().map(|(_, u)| u.max_rss_kib).max().unwrap_or(0),
     }
 }
+
+/// The simulator as a child process (`m365-archiver sim`) on a free port, with the given
+/// simulator configuration; killed when dropped.
+#[allow(dead_code)] // only the benches that run the simulator out of process
+pub struct SimProcess {
+    child: std::process::Child,
+    pub authority: String,
+}
+
+#[allow(dead_code)]
+impl SimProcess {
+    pub fn start(dir: &std::path::Path, sim_toml: &str) -> SimProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let cfg = dir.join("sim.toml");
+        std::fs::write(&cfg, sim_toml).expect("sim config");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_m365-archiver"))
+            .args([
+                "sim",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--sim-config",
+            ])
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start simulator");
+        SimProcess {
+            child,
+            authority: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    pub async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if reqwest::get(format!("{}/_sim/stats", self.authority))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("simulator did not start");
+    }
+}
+
+impl Drop for SimProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -193,7 +193,6 @@ async fn claim_each(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::testing;
     use chrono::TimeZone;
 
     const TTL: Duration = Duration::from_secs(60);
@@ -311,35 +310,7 @@ mod tests {
         assert!(postgres_claim_sql(2).contains("VALUES ($5, 0), ($6, 1)"));
     }
 
-    macro_rules! both_backends {
-        ($($name:ident),* $(,)?) => {
-            mod sqlite {
-                $(
-                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                    async fn $name() {
-                        let dir = tempfile::tempdir().expect("temporary directory");
-                        let db = super::testing::sqlite_in(dir.path())
-                            .await
-                            .unwrap_or_else(|e| panic!("SQLite state database: {e}"));
-                        super::$name(db).await;
-                    }
-                )*
-            }
-            mod postgres {
-                $(
-                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                    async fn $name() {
-                        let db = match super::testing::fresh_postgres().await {
-                            Ok(Some(db)) => db,
-                            Ok(None) => return,
-                            Err(e) => panic!("PostgreSQL state database: {e}"),
-                        };
-                        super::$name(db).await;
-                    }
-                )*
-            }
-        };
-    }
+    use crate::both_backends;
 
     both_backends!(
         claims_free_expired_and_own,

@@ -126,7 +126,7 @@ impl StateDb {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{testing, ManifestRow, WindowCommit};
+    use crate::state::{ManifestRow, WindowCommit};
     use chrono::{DateTime, TimeZone, Utc};
     use std::time::Duration;
 
@@ -272,35 +272,7 @@ mod tests {
             .is_empty());
     }
 
-    macro_rules! both_backends {
-        ($($name:ident),* $(,)?) => {
-            mod sqlite {
-                $(
-                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                    async fn $name() {
-                        let dir = tempfile::tempdir().expect("temporary directory");
-                        let db = super::testing::sqlite_in(dir.path())
-                            .await
-                            .unwrap_or_else(|e| panic!("SQLite state database: {e}"));
-                        super::$name(db).await;
-                    }
-                )*
-            }
-            mod postgres {
-                $(
-                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                    async fn $name() {
-                        let db = match super::testing::fresh_postgres().await {
-                            Ok(Some(db)) => db,
-                            Ok(None) => return,
-                            Err(e) => panic!("PostgreSQL state database: {e}"),
-                        };
-                        super::$name(db).await;
-                    }
-                )*
-            }
-        };
-    }
+    use crate::both_backends;
 
     both_backends!(
         the_last_commit_schedules_and_releases,
