@@ -71,26 +71,12 @@ impl StateDb {
         scope_ids: &[String],
     ) -> Result<HashMap<String, Checkpoint>, StateError> {
         const OP: &str = "checkpoints_of";
-        let mut out = HashMap::with_capacity(scope_ids.len());
-        for chunk in scope_ids.chunks(READ_CHUNK) {
-            let sql = format!(
-                "SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE source = $1 AND scope_id IN ({})",
-                placeholders(2, chunk.len())
-            );
-            let mut query = sqlx::query(&sql).bind(source);
-            for id in chunk {
-                query = query.bind(id.as_str());
-            }
-            let rows = query
-                .fetch_all(self.pool())
-                .await
-                .map_err(StateError::op(OP))?;
-            for row in &rows {
-                let cp = checkpoint_row(row, OP)?;
-                out.insert(cp.scope_id.clone(), cp);
-            }
-        }
-        Ok(out)
+        let rows = self
+            .scope_rows(OP, "checkpoints", CHECKPOINT_COLUMNS, source, scope_ids)
+            .await?;
+        (rows.iter())
+            .map(|row| checkpoint_row(row, OP).map(|cp| (cp.scope_id.clone(), cp)))
+            .collect()
     }
 
     /// The poll schedules of `source` for `scope_ids`, by scope id (absent: none written).
@@ -100,24 +86,39 @@ impl StateDb {
         scope_ids: &[String],
     ) -> Result<HashMap<String, PollSchedule>, StateError> {
         const OP: &str = "poll_schedules_of";
-        let mut out = HashMap::with_capacity(scope_ids.len());
+        let rows = self
+            .scope_rows(OP, "poll_schedule", SCHEDULE_COLUMNS, source, scope_ids)
+            .await?;
+        (rows.iter())
+            .map(|row| schedule_row(row, OP).map(|s| (s.scope_id.clone(), s)))
+            .collect()
+    }
+
+    /// `columns` of `table`'s rows for `source` and `scope_ids`, READ_CHUNK ids per query.
+    async fn scope_rows(
+        &self,
+        op: &'static str,
+        table: &str,
+        columns: &str,
+        source: &str,
+        scope_ids: &[String],
+    ) -> Result<Vec<sqlx::any::AnyRow>, StateError> {
+        let mut out = Vec::with_capacity(scope_ids.len());
         for chunk in scope_ids.chunks(READ_CHUNK) {
             let sql = format!(
-                "SELECT {SCHEDULE_COLUMNS} FROM poll_schedule WHERE source = $1 AND scope_id IN ({})",
+                "SELECT {columns} FROM {table} WHERE source = $1 AND scope_id IN ({})",
                 placeholders(2, chunk.len())
             );
             let mut query = sqlx::query(&sql).bind(source);
             for id in chunk {
                 query = query.bind(id.as_str());
             }
-            let rows = query
-                .fetch_all(self.pool())
-                .await
-                .map_err(StateError::op(OP))?;
-            for row in &rows {
-                let s = schedule_row(row, OP)?;
-                out.insert(s.scope_id.clone(), s);
-            }
+            out.extend(
+                query
+                    .fetch_all(self.pool())
+                    .await
+                    .map_err(StateError::op(op))?,
+            );
         }
         Ok(out)
     }
