@@ -27,16 +27,9 @@ impl StateDb {
         scope_id: &str,
     ) -> Result<Option<Checkpoint>, StateError> {
         const OP: &str = "checkpoint";
-        let sql = format!(
-            "SELECT {CHECKPOINT_COLUMNS} FROM checkpoints WHERE source = $1 AND scope_id = $2"
-        );
-        let row = sqlx::query(&sql)
-            .bind(source)
-            .bind(scope_id)
-            .fetch_optional(self.pool())
-            .await
-            .map_err(StateError::op(OP))?;
-        row.as_ref().map(|r| checkpoint_row(r, OP)).transpose()
+        let ids = [scope_id.to_owned()];
+        let rows = (self.scope_rows(OP, "checkpoints", CHECKPOINT_COLUMNS, source, &ids)).await?;
+        rows.first().map(|r| checkpoint_row(r, OP)).transpose()
     }
 
     /// Remembers the latest failure of a source for a scope (shown by `status`); the next

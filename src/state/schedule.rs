@@ -114,16 +114,9 @@ impl StateDb {
         scope_id: &str,
     ) -> Result<Option<PollSchedule>, StateError> {
         const OP: &str = "poll_schedule";
-        let sql = format!(
-            "SELECT {SCHEDULE_COLUMNS} FROM poll_schedule WHERE source = $1 AND scope_id = $2"
-        );
-        let row = sqlx::query(&sql)
-            .bind(source)
-            .bind(scope_id)
-            .fetch_optional(self.pool())
-            .await
-            .map_err(StateError::op(OP))?;
-        row.as_ref().map(|r| schedule_row(r, OP)).transpose()
+        let ids = [scope_id.to_owned()];
+        let rows = (self.scope_rows(OP, "poll_schedule", SCHEDULE_COLUMNS, source, &ids)).await?;
+        rows.first().map(|r| schedule_row(r, OP)).transpose()
     }
 
     /// Every schedule (for `status`).

@@ -95,7 +95,7 @@ impl StateDb {
     }
 
     /// `columns` of `table`'s rows for `source` and `scope_ids`, READ_CHUNK ids per query.
-    async fn scope_rows(
+    pub(super) async fn scope_rows(
         &self,
         op: &'static str,
         table: &str,
