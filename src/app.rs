@@ -8,7 +8,7 @@ use crate::discovery::{self, DiscoveryError};
 use crate::graph::{GraphClient, GraphError};
 use crate::ingest::Ingestor;
 use crate::replicas::{self, Replicas};
-use crate::scheduler::{PassReport, Scheduler};
+use crate::scheduler::{PassClock, PassReport, Scheduler};
 use crate::sources::channels::{ChannelsSource, TeamDirectory};
 use crate::sources::chats::ChatsSource;
 use crate::sources::meetings::{Artifact, MeetingsSource};
@@ -65,6 +65,9 @@ pub struct App {
     pub teams: TeamDirectory,
     /// This process in the replica registry: its share of the tenant's rate budget.
     pub replicas: Replicas,
+    /// When this process began: what a one-shot pass covers (joining the replicas can take a
+    /// few seconds, in which the others export).
+    started: PassClock,
 }
 
 pub async fn open_state(config: &Config) -> Result<StateDb, AppError> {
@@ -120,6 +123,7 @@ impl App {
     /// Opens state (migrating it), checks the store and the Graph credentials. Fails fast with
     /// an operator-readable error if any of them is not usable.
     pub async fn start(config: Config) -> Result<App, AppError> {
+        let started = PassClock::now();
         let state = open_state(&config).await?;
         let store = open_store(&config.store);
         store.check().await?;
@@ -161,6 +165,7 @@ impl App {
             scheduler,
             teams,
             replicas,
+            started,
         })
     }
 
@@ -186,7 +191,9 @@ impl App {
 
     async fn pass_once(&self, cancel: &CancellationToken) -> Result<PassReport, AppError> {
         self.discover().await?;
-        let report = self.scheduler.run_pass(cancel, true).await?;
+        let report = (self.scheduler)
+            .run_pass_begun(cancel, true, self.started)
+            .await?;
         self.reconcile_holds().await;
         self.log_graph_stats();
         Ok(report)

@@ -159,6 +159,16 @@ impl PassReport {
     }
 }
 
+/// When a pass began: the instant for its duration, the wall clock for what it covers.
+#[derive(Clone, Copy, Debug)]
+pub struct PassClock((Instant, DateTime<Utc>));
+
+impl PassClock {
+    pub fn now() -> PassClock {
+        PassClock((Instant::now(), Utc::now()))
+    }
+}
+
 /// Plans the windows for one (scope, source) now. Pure, so the rules are unit-tested.
 pub fn plan_windows(
     cp: Option<&Checkpoint>,
@@ -259,8 +269,25 @@ impl Scheduler {
         cancel: &CancellationToken,
         wait_for_leases: bool,
     ) -> Result<PassReport, StateError> {
-        self.run_pass_where(cancel, wait_for_leases, &|_, _| true)
+        self.run_pass_begun(cancel, wait_for_leases, PassClock::now())
             .await
+    }
+
+    /// As `run_pass`, for a pass asked for at `begun` (before discovery, which may wait for a
+    /// share of the rate budget): a scope another replica exported since then is current and
+    /// is not asked again for the few seconds in between.
+    pub async fn run_pass_begun(
+        &self,
+        cancel: &CancellationToken,
+        wait_for_leases: bool,
+        begun: PassClock,
+    ) -> Result<PassReport, StateError> {
+        let work = self.work_items().await?;
+        let report = self
+            .run_work(work, &|_, _| true, cancel, wait_for_leases, begun.0)
+            .await?;
+        log_pass(&report);
+        Ok(report)
     }
 
     /// As `run_pass`, over the (source, scope) pairs `keep` accepts (change notifications

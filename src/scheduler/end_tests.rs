@@ -135,3 +135,27 @@ async fn scopes_end_released_and_scheduled_or_released_and_unchanged() {
     assert!(cp.last_error.is_some());
     sim.shutdown().await;
 }
+
+/// A one-shot pass covers the scopes up to when it was asked for: a scope another replica
+/// exported since then (while this one was still discovering) is not asked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_begun_before_another_replicas_export_skips_those_scopes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (sim, app) = start(dir.path()).await;
+    let cancel = CancellationToken::new();
+    let begun = PassClock::now();
+    let first = app.scheduler.run_pass(&cancel, true).await.expect("pass");
+    assert!(first.ok() && first.totals.windows >= 3, "{first:?}");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    let skipped = (app.scheduler.run_pass_begun(&cancel, true, begun))
+        .await
+        .expect("pass");
+    assert!(skipped.ok() && skipped.succeeded == 3, "{skipped:?}");
+    assert_eq!(skipped.totals.windows, 0, "nothing asked again");
+
+    // A pass asked for now has the few milliseconds since to cover.
+    let later = app.scheduler.run_pass(&cancel, true).await.expect("pass");
+    assert!(later.totals.windows >= 3, "{later:?}");
+    sim.shutdown().await;
+}

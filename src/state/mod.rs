@@ -333,6 +333,7 @@ async fn connect_postgres(url: &str, redacted: &str) -> Result<StateDb, StateErr
     let pool = AnyPoolOptions::new()
         .max_connections(POSTGRES_MAX_CONNECTIONS)
         .acquire_timeout(ACQUIRE_TIMEOUT)
+        .after_connect(|conn, _meta| Box::pin(postgres_session_settings(conn)))
         .connect(url)
         .await
         .map_err(|e| connect_err(e.to_string()))?;
@@ -343,6 +344,17 @@ async fn connect_postgres(url: &str, redacted: &str) -> Result<StateDb, StateErr
         redacted_url: Arc::from(redacted),
         sqlite_writer: None,
     })
+}
+
+/// Per-connection PostgreSQL settings. Every statement is planned for its own parameters and
+/// the table as it is now: a prepared statement's generic plan, chosen after five executions
+/// while the tables were still small, is a sequential scan, and it stayed in use as the
+/// catalogue grew to millions of rows (a 100-key lookup then took over a second).
+async fn postgres_session_settings(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SET plan_cache_mode = force_custom_plan")
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 /// `$start, $start+1, ...` placeholders for an IN list or a VALUES row.

@@ -760,3 +760,24 @@ async fn missing_postgres_url_says_how_to_run() {
         "{err}"
     );
 }
+
+/// Every PostgreSQL connection plans each statement afresh: a generic plan cached while the
+/// catalogue was small is a sequential scan that would stay in use as the table grows.
+#[tokio::test]
+async fn postgres_connections_plan_every_statement_afresh() {
+    let Some(db) = testing::fresh_postgres().await.expect("postgres") else {
+        return;
+    };
+    // Several connections at once, so that this is not only the first connection of the pool.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(db.pool().acquire().await.expect("connection"));
+    }
+    for conn in &mut held {
+        let (mode,): (String,) = sqlx::query_as("SHOW plan_cache_mode")
+            .fetch_one(&mut **conn)
+            .await
+            .expect("show plan_cache_mode");
+        assert_eq!(mode, "force_custom_plan");
+    }
+}
