@@ -4,6 +4,7 @@
 //!                                [--rps R] [--recording-mib N] [--skip-chats] [--skip-recording]
 //!                                [--dir PATH]   (where state and archive live; default: TMPDIR)
 //!                                [--concurrency N]  (export.concurrency; default 32)
+//!                                [--pin]  (the simulator on CPU 0, the archiver on CPU 1)
 //!   scripts/with-postgres.sh cargo bench --bench chats -- --replicas N [...]
 //!
 //! 1. Chat messages: a fresh simulated tenant (every user in several 1:1, group and meeting
@@ -47,6 +48,8 @@ struct Args {
     concurrency: usize,
     /// N processes on PostgreSQL instead of one on SQLite.
     replicas: Option<usize>,
+    /// The simulator (this process) on CPU 0, the archiver on CPU 1.
+    pin: bool,
 }
 
 fn parse_args() -> Args {
@@ -62,6 +65,7 @@ fn parse_args() -> Args {
         dir: None,
         replicas: None,
         concurrency: 32,
+        pin: false,
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -80,6 +84,7 @@ fn parse_args() -> Args {
             "--dir" => a.dir = Some(next.into()),
             "--concurrency" => a.concurrency = next.parse().unwrap_or(a.concurrency).max(1),
             "--replicas" => a.replicas = next.parse().ok().filter(|n| *n >= 1),
+            "--pin" => (a.pin, step) = (true, 1),
             _ => step = 1,
         }
         i += step;
@@ -103,6 +108,9 @@ struct ChatFigures {
 
 fn main() {
     let args = parse_args();
+    if args.pin {
+        measure::pin(&[0], &[1]).expect("--pin needs two CPUs");
+    }
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     if args.chats_bench {
         let mut all = Vec::new();
@@ -118,8 +126,9 @@ fn main() {
         }
         let med = |g: fn(&(ChatFigures, ChatFigures)) -> f64| median(all.iter().map(g).collect());
         println!(
-            "chats median of {} run(s), {} users, {} chats x {} messages, {}, concurrency {}: backfill budget used {:.1}% (429s {:.2}%, {:.0} versions/s, {:.4} requests per archived version, CPU s/10k {:.3}, peak RSS {:.1} MiB) | re-sweep budget used {:.1}% (429s {:.2}%)",
+            "chats median of {} run(s), {} users, {} chats x {} messages, {}, concurrency {}{}: backfill budget used {:.1}% (429s {:.2}%, {:.0} versions/s, {:.4} requests per archived version, CPU s/10k {:.3}, peak RSS {:.1} MiB) | re-sweep budget used {:.1}% (429s {:.2}%)",
             all.len(), args.users, args.chats, args.per_chat, setup(args.replicas), args.concurrency,
+            if args.pin { ", simulator and archiver on a CPU each" } else { "" },
             med(|f| f.0.budget_fraction) * 100.0, med(|f| f.0.throttled_pct), med(|f| f.0.versions_per_s),
             med(|f| f.0.requests_per_version), med(|f| f.0.cpu_s_per_10k), med(|f| f.0.peak_rss_mib),
             med(|f| f.1.budget_fraction) * 100.0, med(|f| f.1.throttled_pct)

@@ -75,8 +75,11 @@ fn main() {
     let args = parse_args();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let mut all = Vec::new();
+    // Each run's 100,000 files are deleted at the end, not before the next run: see chats.rs.
+    let mut dirs = Vec::new();
     for run in 1..=args.runs {
-        let f = rt.block_on(one_run(&args));
+        let (f, dir) = rt.block_on(one_run(&args));
+        dirs.push(dir);
         println!(
             "run {run}: {:.0} records in {:.1} s = {:.0} records/s; {:.0} interaction requests at {:.2} rps = {:.1}% of the {} rps budget; {:.0} answered 429 ({:.2}%); {:.3} CPU s per 10k records; peak RSS {:.1} MiB",
             f.records, f.wall_s, f.records_per_s, f.requests, f.requests_per_s,
@@ -93,7 +96,7 @@ fn main() {
     );
 }
 
-async fn one_run(args: &Args) -> Figures {
+async fn one_run(args: &Args) -> (Figures, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let sim = SimProcess::start(dir.path(), &sim_toml(args));
     let authority = sim.authority.clone();
@@ -122,7 +125,7 @@ async fn one_run(args: &Args) -> Figures {
         .expect("compare");
     assert!(cmp.is_exact(), "{}", cmp.summary());
     drop(sim);
-    figures(&stats, cmp.matched as f64, wall, usage)
+    (figures(&stats, cmp.matched as f64, wall, usage), dir)
 }
 
 /// The simulator runs as its own process so that this process stays small: a child's peak RSS

@@ -137,7 +137,20 @@ for bench in "${SELECTED[@]}"; do
 done
 cargo bench --no-run "${build[@]}" >&2 || die "the benches do not build"
 
+# This VM's ext4 has no journal, and without one ext4 will not reuse an inode freed in the last
+# 60 s (300 s more while its inode table block is dirty): a bench that starts right after the
+# previous one deleted its 100,000 files pays for scanning past them at every file it creates.
+# Flush, and let them age, between benches.
+settle() {
+    log "letting the previous bench's deleted files age (sync, 65 s)"
+    sync
+    sleep 65
+}
+
+first=1
 for bench in "${SELECTED[@]}"; do
+    [ "${first}" = 1 ] || settle
+    first=0
     cmd="$(command_of "${bench}")"
     out="${LOG_DIR}/${bench}.log"
     load_before="$(load)"

@@ -60,12 +60,49 @@ pub fn run_command(config: &std::path::Path, args: &[&str]) -> (i32, Usage) {
 }
 
 fn spawn_command(config: &std::path::Path, args: &[&str]) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_m365-archiver"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .spawn()
-        .expect("spawn archiver")
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_m365-archiver"));
+    command.arg("--config").arg(config).args(args);
+    if let Some(set) = ARCHIVER_CPUS.get().copied() {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: sched_setaffinity is async-signal-safe; `set` was built before the fork.
+        unsafe {
+            command.pre_exec(move || set_affinity(&set));
+        }
+    }
+    command.spawn().expect("spawn archiver")
+}
+
+/// The CPUs the archiver processes run on, when the bench pins them (`--pin`).
+static ARCHIVER_CPUS: std::sync::OnceLock<libc::cpu_set_t> = std::sync::OnceLock::new();
+
+/// Pins this thread (and the threads it starts later: a runtime built afterwards, with an
+/// in-process simulator) to `ours`, and the archiver processes started afterwards to
+/// `archivers`: the simulator stands in for a remote service and should not take the
+/// archiver's CPU. Fails on a machine with fewer CPUs than named.
+#[allow(dead_code)] // only the benches with an in-process simulator pin
+pub fn pin(ours: &[usize], archivers: &[usize]) -> std::io::Result<()> {
+    set_affinity(&cpu_set(ours))?;
+    let _ = ARCHIVER_CPUS.set(cpu_set(archivers));
+    Ok(())
+}
+
+fn cpu_set(cpus: &[usize]) -> libc::cpu_set_t {
+    // SAFETY: cpu_set_t is plain old data; CPU_SET writes within it for cpu < CPU_SETSIZE.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    set
+}
+
+fn set_affinity(set: &libc::cpu_set_t) -> std::io::Result<()> {
+    // SAFETY: pid 0 is the calling thread; the set is a valid cpu_set_t.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Waits for `child` with wait4, sampling its VmHWM until it exits.
