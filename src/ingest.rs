@@ -81,7 +81,8 @@ struct Item {
     meta: RecordMeta,
     sha256: String,
     bytes: Bytes,
-    /// What retention rules and holds match on.
+    /// What retention rules and holds match on; read only for versions that will be written
+    /// (most of a chat page is versions another member's export already stored).
     facts: crate::retention::RecordFacts,
 }
 
@@ -188,7 +189,10 @@ impl Ingestor {
                     report.duplicates += 1;
                     entries.push(manifest_entry(&storage_key, &item, false));
                 }
-                None => to_write.push((storage_key, item)),
+                None => {
+                    let facts = custody::facts_of(src, scope, &item.bytes);
+                    to_write.push((storage_key, Item { facts, ..item }));
+                }
             }
         }
         let written = self.write_all(src, scope, to_write, report).await?;
@@ -217,13 +221,12 @@ impl Ingestor {
                 Ok(meta) => {
                     let record_key = keys::record_key(&meta.parts);
                     if seen.insert((record_key.clone(), meta.etag.clone())) {
-                        let facts = custody::facts_of(source.kind().as_str(), scope, &rec);
                         items.push(Item {
                             record_key,
                             meta,
                             sha256,
                             bytes: rec.bytes,
-                            facts,
+                            facts: Default::default(),
                         });
                     } else {
                         report.duplicates += 1;

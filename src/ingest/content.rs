@@ -47,7 +47,7 @@ impl Ingestor {
                     record_key: keys::record_key(&meta.parts),
                     meta,
                     content,
-                    facts: super::custody::facts_of(src, scope, rec),
+                    facts: super::custody::facts_of(src, scope, &rec.bytes),
                 })
             })
             .collect()

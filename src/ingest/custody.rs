@@ -149,8 +149,8 @@ impl Ingestor {
 }
 
 /// The retention/hold facts of a record, read from its exact bytes.
-pub(super) fn facts_of(src: &str, scope: &Scope, rec: &crate::graph::Record) -> RecordFacts {
-    match rec.raw() {
+pub(super) fn facts_of(src: &str, scope: &Scope, bytes: &[u8]) -> RecordFacts {
+    match serde_json::from_slice::<&serde_json::value::RawValue>(bytes) {
         Ok(raw) => RecordFacts::read(src, scope, raw),
         Err(_) => RecordFacts::of_scope(src, scope),
     }

@@ -1,9 +1,17 @@
-//! The state an archived batch leaves behind, written in one transaction: each new object's
-//! retention and custodians, the holds set on it, and its catalogue row. One commit per page
-//! instead of two or more (each a full sync on SQLite), and a catalogued version can never
-//! be without its retention or holds, even after a crash between statements.
+//! The state an archived batch leaves behind: each new object's retention and custodians, the
+//! holds set on it, and its catalogue row, all in one transaction, so a catalogued version can
+//! never be without its retention or holds, even after a crash between statements.
+//!
+//! Batches that arrive while another is being written are committed together (group commit):
+//! the pages of every scope in flight wait for one writer on SQLite, and one transaction for
+//! all that queued, instead of one each, is what lets the writer keep up with the request
+//! budget (docs/benchmarks.md). A caller returns only once its rows are committed; when the
+//! shared transaction fails, every batch in it fails and nothing of any of them is kept.
+
+use std::sync::{Arc, Mutex as SyncMutex};
 
 use chrono::{DateTime, Utc};
+use tokio::sync::{oneshot, Mutex};
 
 use super::catalogue::{insert_chunk, INSERT_CHUNK};
 use super::holds::insert_record_holds;
@@ -13,30 +21,102 @@ use super::{CatalogueEntry, RetentionRow, StateDb, StateError};
 /// Which objects one hold was set on.
 pub type HeldKeys = (i64, Vec<String>);
 
+/// Batches waiting for the next group transaction, and the right to write one.
+#[derive(Default)]
+pub(crate) struct ArchivedQueue {
+    pending: SyncMutex<Vec<Pending>>,
+    writer: Mutex<()>,
+}
+
+struct Pending {
+    retention: Vec<RetentionRow>,
+    holds: Vec<HeldKeys>,
+    catalogue: Vec<CatalogueEntry>,
+    now: DateTime<Utc>,
+    done: oneshot::Sender<Result<(), Arc<StateError>>>,
+}
+
 impl StateDb {
-    /// Records a stored batch. Rows already present are kept as they are (a retried batch);
-    /// returns how many catalogue rows were new.
+    /// Records a stored batch, committed with whatever other batches are waiting. Rows already
+    /// present are kept as they are (a retried batch).
     pub async fn archived_insert(
         &self,
         retention: &[RetentionRow],
         holds: &[HeldKeys],
         catalogue: &[CatalogueEntry],
         now: DateTime<Utc>,
-    ) -> Result<u64, StateError> {
-        const OP: &str = "archived_insert";
+    ) -> Result<(), StateError> {
         if retention.is_empty() && catalogue.is_empty() {
-            return Ok(0);
+            return Ok(());
         }
+        let (done, mut outcome) = oneshot::channel();
+        self.archived_queue().push(Pending {
+            retention: retention.to_vec(),
+            holds: holds.to_vec(),
+            catalogue: catalogue.to_vec(),
+            now,
+            done,
+        });
+        tokio::select! {
+            // Biased: a batch another caller has committed is reported before this one
+            // competes for the writer.
+            biased;
+            result = &mut outcome => return shared_outcome(result),
+            _writer = self.archived.writer.lock() => {
+                // Whoever holds the writer drains the queue, this batch included (a batch is
+                // only ever taken by a writer, which answers before it lets go).
+                let group = self.archived_queue().take();
+                self.commit_group(group).await;
+            }
+        }
+        shared_outcome(outcome.await)
+    }
+
+    fn archived_queue(&self) -> QueueGuard<'_> {
+        QueueGuard(&self.archived.pending)
+    }
+
+    /// Writes the batches in one transaction and tells each caller how it went.
+    async fn commit_group(&self, group: Vec<Pending>) {
+        if group.is_empty() {
+            return;
+        }
+        let mut retention = Vec::new();
+        let mut holds = Vec::new();
+        let mut catalogue = Vec::new();
+        let mut waiting = Vec::with_capacity(group.len());
+        let now = group.iter().map(|p| p.now).max().unwrap_or_else(Utc::now);
+        for p in group {
+            retention.extend(p.retention);
+            holds.extend(p.holds);
+            catalogue.extend(p.catalogue);
+            waiting.push(p.done);
+        }
+        let result = self
+            .insert_archived(retention, holds, catalogue, now)
+            .await
+            .map_err(Arc::new);
+        for done in waiting {
+            // A caller that gave up waiting has nothing to be told.
+            let _ = done.send(result.clone());
+        }
+    }
+
+    async fn insert_archived(
+        &self,
+        mut retention: Vec<RetentionRow>,
+        mut holds: Vec<HeldKeys>,
+        mut catalogue: Vec<CatalogueEntry>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StateError> {
+        const OP: &str = "archived_insert";
         // Rows in key order: transactions that insert overlapping rows (a chat message
-        // exported for each of its members at once) then take their locks in the same order
-        // and wait for each other instead of deadlocking (PostgreSQL).
-        let mut retention = retention.to_vec();
+        // exported for each of its members at once, by several replicas) then take their locks
+        // in the same order and wait for each other instead of deadlocking (PostgreSQL).
         retention.sort_by(|a, b| a.storage_key.cmp(&b.storage_key));
-        let mut catalogue = catalogue.to_vec();
         catalogue.sort_by(|a, b| {
             (&a.source, &a.record_key, &a.etag).cmp(&(&b.source, &b.record_key, &b.etag))
         });
-        let mut holds = holds.to_vec();
         holds.sort_by_key(|(hold, _)| *hold);
         holds.iter_mut().for_each(|(_, keys)| keys.sort());
         let mut tx = self.begin_write(OP).await?;
@@ -48,12 +128,37 @@ impl StateDb {
         for (hold, keys) in &holds {
             insert_record_holds(tx.conn(), *hold, keys, now).await?;
         }
-        let mut inserted = 0;
         for chunk in catalogue.chunks(INSERT_CHUNK) {
-            inserted += insert_chunk(tx.conn(), chunk).await?;
+            insert_chunk(tx.conn(), chunk).await?;
         }
-        tx.commit(OP).await?;
-        Ok(inserted)
+        tx.commit(OP).await
+    }
+}
+
+/// The queue of waiting batches; its lock is never held across an await.
+struct QueueGuard<'a>(&'a SyncMutex<Vec<Pending>>);
+
+impl QueueGuard<'_> {
+    fn push(&self, p: Pending) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(p);
+    }
+
+    fn take(&self) -> Vec<Pending> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+fn shared_outcome(
+    result: Result<Result<(), Arc<StateError>>, oneshot::error::RecvError>,
+) -> Result<(), StateError> {
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(StateError::Shared(e)),
+        // The writer that took this batch was cancelled mid-transaction: nothing of it was
+        // committed, and the caller retries as after any failed write.
+        Err(_) => Err(StateError::Abandoned {
+            op: "archived_insert",
+        }),
     }
 }
 
@@ -66,7 +171,81 @@ mod tests {
     both_backends!(
         a_batch_records_retention_holds_and_catalogue_together,
         overlapping_batches_in_any_order_never_deadlock,
+        batches_that_wait_for_the_writer_commit_together,
+        a_failed_group_commit_fails_every_batch_in_it,
     );
+
+    /// Starts `batches` archived inserts while the writer is taken and returns once all are
+    /// queued, so that they are committed as one group when it is let go.
+    async fn queued_behind_the_writer(
+        db: &StateDb,
+        batches: Vec<(Vec<RetentionRow>, Vec<HeldKeys>, Vec<CatalogueEntry>)>,
+    ) -> Vec<Result<(), StateError>> {
+        let writer = db.archived.writer.lock().await;
+        let want = batches.len();
+        let now = Utc::now();
+        let tasks: Vec<_> = batches
+            .into_iter()
+            .map(|(retention, holds, catalogue)| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    db.archived_insert(&retention, &holds, &catalogue, now)
+                        .await
+                })
+            })
+            .collect();
+        while db.archived.pending.lock().map(|p| p.len()).unwrap_or(0) < want {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        drop(writer);
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.expect("insert task"));
+        }
+        results
+    }
+
+    async fn batches_that_wait_for_the_writer_commit_together(db: StateDb) {
+        let now = Utc::now();
+        let batches = (0..12)
+            .map(|b| {
+                let (r, c) = entry(&format!("records/chats/g{b}"), now);
+                (vec![r], Vec::new(), vec![c])
+            })
+            .collect();
+        for result in queued_behind_the_writer(&db, batches).await {
+            result.expect("each batch of the group is committed");
+        }
+        assert_eq!(db.catalogue_count(Some("chats")).await.expect("count"), 12);
+        assert!(db.archived.pending.lock().expect("queue").is_empty());
+    }
+
+    /// One batch of a group names a hold that does not exist: the shared transaction fails,
+    /// every batch in it reports the failure and none of their rows is kept, so each caller
+    /// retries knowing its batch is not recorded.
+    async fn a_failed_group_commit_fails_every_batch_in_it(db: StateDb) {
+        let now = Utc::now();
+        let (good_r, good_c) = entry("records/chats/good", now);
+        let (bad_r, bad_c) = entry("records/chats/bad", now);
+        let no_such_hold = vec![(987_654, vec![bad_r.storage_key.clone()])];
+        let batches = vec![
+            (vec![good_r.clone()], Vec::new(), vec![good_c.clone()]),
+            (vec![bad_r], no_such_hold, vec![bad_c]),
+        ];
+        let results = queued_behind_the_writer(&db, batches).await;
+        assert!(results.iter().all(|r| r.is_err()), "{results:?}");
+        assert_eq!(db.catalogue_count(Some("chats")).await.expect("count"), 0);
+        assert!(db
+            .retention_of("records/chats/good")
+            .await
+            .expect("read")
+            .is_none());
+        // Retried on its own, the good batch is recorded.
+        db.archived_insert(&[good_r], &[], &[good_c], now)
+            .await
+            .expect("retry");
+        assert_eq!(db.catalogue_count(Some("chats")).await.expect("count"), 1);
+    }
 
     fn entry(key: &str, now: DateTime<Utc>) -> (RetentionRow, CatalogueEntry) {
         let retention = RetentionRow {
@@ -103,11 +282,9 @@ mod tests {
         let (r1, c1) = entry("records/chats/a", now);
         let (r2, c2) = entry("records/chats/b", now);
         let holds = vec![(hold.id, vec![r1.storage_key.clone()])];
-        let new = db
-            .archived_insert(&[r1, r2.clone()], &holds, &[c1, c2.clone()], now)
+        db.archived_insert(&[r1, r2.clone()], &holds, &[c1, c2.clone()], now)
             .await
             .expect("batch");
-        assert_eq!(new, 2);
         for key in ["records/chats/a", "records/chats/b"] {
             let kept = db.retention_of(key).await.expect("read");
             assert_eq!(kept.map(|r| r.rule), Some("default".into()), "{key}");
@@ -122,12 +299,10 @@ mod tests {
         );
         let held = db.record_holds_open(hold.id, "", 10).await.expect("holds");
         assert_eq!(held, vec!["records/chats/a".to_string()]);
-        // A retried batch changes nothing and reports nothing new.
-        let again = db
-            .archived_insert(&[r2], &[], &[c2], now)
+        // A retried batch changes nothing.
+        db.archived_insert(&[r2], &[], &[c2], now)
             .await
             .expect("retry");
-        assert_eq!(again, 0);
         assert_eq!(db.catalogue_count(Some("chats")).await.expect("count"), 2);
     }
 

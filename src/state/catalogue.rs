@@ -7,7 +7,7 @@ use sqlx::any::AnyRow;
 use sqlx::AnyConnection;
 
 use super::types::{opt_to_ms, to_ms, RowReader};
-use super::{placeholders, CatalogueEntry, StateDb, StateError};
+use super::{bulk_sql, bulk_sql_for, placeholders, Backend, CatalogueEntry, StateDb, StateError};
 
 /// record_keys per lookup query (plus one bind for the source).
 const LOOKUP_CHUNK: usize = 500;
@@ -99,9 +99,12 @@ async fn lookup_chunk(
     source: &str,
     record_keys: &[&str],
 ) -> Result<Vec<(String, String, String)>, StateError> {
-    let sql = format!(
-        "SELECT record_key, etag, sha256 FROM catalogue WHERE source = $1 AND record_key IN ({})",
-        placeholders(2, record_keys.len())
+    let sql = bulk_sql_for(
+        db.backend() == Backend::Sqlite,
+        format!(
+            "SELECT record_key, etag, sha256 FROM catalogue WHERE source = $1 AND record_key IN ({})",
+            placeholders(2, record_keys.len())
+        ),
     );
     let mut query = sqlx::query_as(&sql).bind(source);
     for key in record_keys {
@@ -120,10 +123,13 @@ pub(super) async fn insert_chunk(
     let values: Vec<String> = (0..entries.len())
         .map(|i| format!("({})", placeholders(1 + 9 * i, 9)))
         .collect();
-    let sql = format!(
-        "INSERT INTO catalogue ({CATALOGUE_COLUMNS}) VALUES {} \
-         ON CONFLICT (source, record_key, etag) DO NOTHING",
-        values.join(", ")
+    let sql = bulk_sql(
+        conn,
+        format!(
+            "INSERT INTO catalogue ({CATALOGUE_COLUMNS}) VALUES {} \
+             ON CONFLICT (source, record_key, etag) DO NOTHING",
+            values.join(", ")
+        ),
     );
     let mut query = sqlx::query(&sql);
     for e in entries {

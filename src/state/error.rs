@@ -92,6 +92,17 @@ pub enum StateError {
     )]
     UnknownSource { source_name: String },
 
+    /// A write shared with other callers' (a group commit) failed; the cause is the same for all.
+    #[error(transparent)]
+    Shared(std::sync::Arc<StateError>),
+
+    /// The task writing a group commit this call was part of was cancelled before it finished;
+    /// nothing of the call was committed.
+    #[error(
+        "state database {op} was abandoned before it committed; nothing of it was kept, retry"
+    )]
+    Abandoned { op: &'static str },
+
     /// The test harness is not set up (used only by `state::testing`).
     #[error("{0}")]
     TestSetup(String),
@@ -115,10 +126,11 @@ impl StateError {
 
     /// True when the database could not be reached; retrying later may succeed.
     pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
-            StateError::Unavailable { .. } | StateError::Connect { .. }
-        )
+        match self {
+            StateError::Unavailable { .. } | StateError::Connect { .. } => true,
+            StateError::Shared(inner) => inner.is_unavailable(),
+            _ => false,
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use sqlx::AnyConnection;
 
 use super::retention::{audit_in, custodian_held_sql};
 use super::types::{to_ms, RowReader};
-use super::{placeholders, AuditEntry, StateDb, StateError};
+use super::{bulk_sql, placeholders, AuditEntry, StateDb, StateError};
 
 /// What a hold is placed on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -307,10 +307,13 @@ pub(super) async fn insert_record_holds(
         let values: Vec<String> = (0..chunk.len())
             .map(|i| format!("({})", placeholders(1 + 3 * i, 3)))
             .collect();
-        let sql = format!(
-            "INSERT INTO record_holds (hold_id, storage_key, applied_at) VALUES {} \
-             ON CONFLICT (hold_id, storage_key) DO NOTHING",
-            values.join(", ")
+        let sql = bulk_sql(
+            conn,
+            format!(
+                "INSERT INTO record_holds (hold_id, storage_key, applied_at) VALUES {} \
+                 ON CONFLICT (hold_id, storage_key) DO NOTHING",
+                values.join(", ")
+            ),
         );
         let mut q = sqlx::query(&sql);
         for k in chunk {

@@ -100,6 +100,8 @@ pub struct StateDb {
     /// letting them spin in SQLite's busy handler, keeps them fair and fast; busy_timeout still
     /// covers other processes (e.g. `status` run beside the daemon). None for PostgreSQL.
     sqlite_writer: Option<Arc<Mutex<()>>>,
+    /// Archived batches waiting to be committed together (see `archived.rs`).
+    archived: Arc<archived::ArchivedQueue>,
 }
 
 impl std::fmt::Debug for StateDb {
@@ -282,16 +284,20 @@ async fn connect_sqlite(url: &str, redacted: &str) -> Result<StateDb, StateError
         backend: Backend::Sqlite,
         redacted_url: Arc::from(redacted),
         sqlite_writer: Some(Arc::new(Mutex::new(()))),
+        archived: Default::default(),
     })
 }
 
 /// Per-connection SQLite settings: wait for locks, enforce foreign keys, and make every commit
 /// durable (FULL) because a lost catalogue row would hide an archived object from dedup.
+/// Temporary data (the statement journal a multi-row insert keeps to undo itself alone) stays
+/// in memory: written to a temporary file it cost a write per page touched.
 async fn sqlite_session_pragmas(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
     for pragma in [
         format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}"),
         "PRAGMA foreign_keys = ON".to_owned(),
         "PRAGMA synchronous = FULL".to_owned(),
+        "PRAGMA temp_store = MEMORY".to_owned(),
     ] {
         sqlx::query(&pragma).execute(&mut *conn).await?;
     }
@@ -343,6 +349,7 @@ async fn connect_postgres(url: &str, redacted: &str) -> Result<StateDb, StateErr
         backend: Backend::Postgres,
         redacted_url: Arc::from(redacted),
         sqlite_writer: None,
+        archived: Default::default(),
     })
 }
 
@@ -357,10 +364,76 @@ async fn postgres_session_settings(conn: &mut AnyConnection) -> Result<(), sqlx:
     Ok(())
 }
 
+/// `sql` as the connection's engine binds it fastest. sqlx's SQLite driver looks every `$N`
+/// parameter up by its name, a scan of the statement's parameter list each, so a statement of
+/// hundreds of parameters (a bulk insert, a long IN list) costs quadratic time; the same
+/// statement with anonymous `?` parameters binds in one pass. Only a statement whose `$N`
+/// appear exactly once each, in order from `$1`, can be rewritten; any other is left as is.
+pub(crate) fn bulk_sql(conn: &AnyConnection, sql: String) -> String {
+    bulk_sql_for(conn.backend_name().eq_ignore_ascii_case("sqlite"), sql)
+}
+
+pub(crate) fn bulk_sql_for(sqlite: bool, sql: String) -> String {
+    match sqlite {
+        true => positional(&sql).unwrap_or(sql),
+        false => sql,
+    }
+}
+
+fn positional(sql: &str) -> Option<String> {
+    let mut out = String::with_capacity(sql.len());
+    let mut next = 1u64;
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let digits = rest[at + 1..]
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len() - at - 1);
+        let number: u64 = rest[at + 1..at + 1 + digits].parse().ok()?;
+        if number != next {
+            return None;
+        }
+        next += 1;
+        out.push('?');
+        rest = &rest[at + 1 + digits..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
 /// `$start, $start+1, ...` placeholders for an IN list or a VALUES row.
 pub(crate) fn placeholders(start: usize, count: usize) -> String {
     (start..start + count)
         .map(|n| format!("${n}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod bulk_sql_tests {
+    use super::bulk_sql_for;
+
+    #[test]
+    fn sqlite_statements_with_parameters_in_order_bind_them_anonymously() {
+        let sql = "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4)".to_string();
+        assert_eq!(
+            bulk_sql_for(true, sql.clone()),
+            "INSERT INTO t (a, b) VALUES (?, ?), (?, ?)"
+        );
+        assert_eq!(bulk_sql_for(false, sql.clone()), sql, "PostgreSQL keeps $N");
+    }
+
+    #[test]
+    fn statements_that_reuse_or_reorder_parameters_are_left_as_they_are() {
+        for sql in [
+            "SELECT $1 WHERE a = $1",
+            "SELECT $2, $1",
+            "SELECT $1, $3",
+            "SELECT '$' || $1",
+        ] {
+            assert_eq!(bulk_sql_for(true, sql.to_string()), sql);
+        }
+        assert_eq!(bulk_sql_for(true, "SELECT 1".into()), "SELECT 1");
+        assert_eq!(bulk_sql_for(true, "SELECT $10".into()), "SELECT $10");
+    }
 }

@@ -7,7 +7,7 @@ use sqlx::AnyConnection;
 
 use super::catalogue::catalogue_row;
 use super::types::{opt_to_ms, to_ms, RowReader};
-use super::{placeholders, AuditEntry, CatalogueEntry, StateDb, StateError};
+use super::{bulk_sql, placeholders, AuditEntry, CatalogueEntry, StateDb, StateError};
 
 /// Rows per multi-row INSERT (9 binds each), under every bind limit.
 const INSERT_CHUNK: usize = 100;
@@ -298,9 +298,12 @@ pub(super) async fn insert_retention(
     let values: Vec<String> = (0..rows.len())
         .map(|i| format!("({})", placeholders(1 + 9 * i, 9)))
         .collect();
-    let sql = format!(
-        "INSERT INTO record_retention ({RETENTION_COLUMNS}) VALUES {} ON CONFLICT (storage_key) DO NOTHING",
-        values.join(", ")
+    let sql = bulk_sql(
+        conn,
+        format!(
+            "INSERT INTO record_retention ({RETENTION_COLUMNS}) VALUES {} ON CONFLICT (storage_key) DO NOTHING",
+            values.join(", ")
+        ),
     );
     let mut query = sqlx::query(&sql);
     for r in rows {
@@ -342,10 +345,13 @@ pub(super) async fn insert_custodians(
         let values: Vec<String> = (0..chunk.len())
             .map(|i| format!("({})", placeholders(1 + 3 * i, 3)))
             .collect();
-        let sql = format!(
-            "INSERT INTO record_custodians (storage_key, kind, id) VALUES {} \
-             ON CONFLICT (kind, id, storage_key) DO NOTHING",
-            values.join(", ")
+        let sql = bulk_sql(
+            conn,
+            format!(
+                "INSERT INTO record_custodians (storage_key, kind, id) VALUES {} \
+                 ON CONFLICT (kind, id, storage_key) DO NOTHING",
+                values.join(", ")
+            ),
         );
         let mut query = sqlx::query(&sql);
         for (key, kind, id) in chunk {
