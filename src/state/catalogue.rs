@@ -7,7 +7,7 @@ use sqlx::any::AnyRow;
 use sqlx::AnyConnection;
 
 use super::types::{opt_to_ms, to_ms, RowReader};
-use super::{bulk_sql, bulk_sql_for, placeholders, Backend, CatalogueEntry, StateDb, StateError};
+use super::{bulk_sql, placeholders, CatalogueEntry, StateDb, StateError};
 
 /// record_keys per lookup query (plus one bind for the source).
 const LOOKUP_CHUNK: usize = 500;
@@ -99,13 +99,10 @@ async fn lookup_chunk(
     source: &str,
     record_keys: &[&str],
 ) -> Result<Vec<(String, String, String)>, StateError> {
-    let sql = bulk_sql_for(
-        db.backend() == Backend::Sqlite,
-        format!(
-            "SELECT record_key, etag, sha256 FROM catalogue WHERE source = $1 AND record_key IN ({})",
-            placeholders(2, record_keys.len())
-        ),
-    );
+    let sql = db.bulk_sql(format!(
+        "SELECT record_key, etag, sha256 FROM catalogue WHERE source = $1 AND record_key IN ({})",
+        placeholders(2, record_keys.len())
+    ));
     let mut query = sqlx::query_as(&sql).bind(source);
     for key in record_keys {
         query = query.bind(*key);

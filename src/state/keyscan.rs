@@ -127,11 +127,11 @@ async fn objects_chunk(
     source: &str,
     record_keys: &[&str],
 ) -> Result<Vec<(String, String, String, String)>, StateError> {
-    let sql = format!(
+    let sql = db.bulk_sql(format!(
         "SELECT record_key, etag, storage_key, sha256 FROM catalogue \
          WHERE source = $1 AND record_key IN ({})",
         placeholders(2, record_keys.len())
-    );
+    ));
     let mut query = sqlx::query_as(&sql).bind(source);
     for key in record_keys {
         query = query.bind(*key);

@@ -373,7 +373,14 @@ pub(crate) fn bulk_sql(conn: &AnyConnection, sql: String) -> String {
     bulk_sql_for(conn.backend_name().eq_ignore_ascii_case("sqlite"), sql)
 }
 
-pub(crate) fn bulk_sql_for(sqlite: bool, sql: String) -> String {
+impl StateDb {
+    /// [`bulk_sql`] for a statement run on the pool.
+    pub(crate) fn bulk_sql(&self, sql: String) -> String {
+        bulk_sql_for(self.backend == Backend::Sqlite, sql)
+    }
+}
+
+fn bulk_sql_for(sqlite: bool, sql: String) -> String {
     match sqlite {
         true => positional(&sql).unwrap_or(sql),
         false => sql,

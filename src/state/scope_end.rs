@@ -105,10 +105,10 @@ impl StateDb {
     ) -> Result<Vec<sqlx::any::AnyRow>, StateError> {
         let mut out = Vec::with_capacity(scope_ids.len());
         for chunk in scope_ids.chunks(READ_CHUNK) {
-            let sql = format!(
+            let sql = self.bulk_sql(format!(
                 "SELECT {columns} FROM {table} WHERE source = $1 AND scope_id IN ({})",
                 placeholders(2, chunk.len())
-            );
+            ));
             let mut query = sqlx::query(&sql).bind(source);
             for id in chunk {
                 query = query.bind(id.as_str());
