@@ -138,7 +138,7 @@ done
 cargo bench --no-run "${build[@]}" >&2 || die "the benches do not build"
 
 # This VM's ext4 has no journal, and without one ext4 will not reuse an inode freed in the last
-# 60 s (300 s more while its inode table block is dirty): a bench that starts right after the
+# 30 s (300 s more while its inode table block is dirty): a bench that starts right after the
 # previous one deleted its 100,000 files pays for scanning past them at every file it creates.
 # Flush, and let them age, between benches.
 settle() {
