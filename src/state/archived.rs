@@ -247,6 +247,55 @@ mod tests {
         assert_eq!(db.catalogue_count(Some("chats")).await.expect("count"), 1);
     }
 
+    /// The caller whose task writes a group is cancelled while the transaction waits for
+    /// SQLite's writer: its group-mate is told the write was abandoned, nothing of either batch
+    /// is kept, and the group-mate's retry succeeds. SQLite only: the writer slot is what holds
+    /// the transaction still; one thread, so which caller takes the writer is fixed (the first
+    /// to queue for it).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_cancelled_group_writer_abandons_its_group_mates() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let db = crate::state::testing::sqlite_in(dir.path())
+            .await
+            .expect("SQLite state database");
+        let now = Utc::now();
+        let queued = |n: usize| {
+            let db = db.clone();
+            async move {
+                while db.archived.pending.lock().map(|p| p.len()).unwrap_or(0) != n {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            }
+        };
+        let spawn_insert = |key: &str| {
+            let (r, c) = entry(key, now);
+            let db = db.clone();
+            tokio::spawn(async move { db.archived_insert(&[r], &[], &[c], now).await })
+        };
+        let group_writer = db.archived.writer.lock().await;
+        let first = spawn_insert("records/chats/first");
+        queued(1).await;
+        let mate = spawn_insert("records/chats/mate");
+        queued(2).await;
+        let sqlite_writer = db.writer_slot().await;
+        drop(group_writer);
+        queued(0).await;
+        first.abort();
+        assert!(first.await.expect_err("aborted").is_cancelled());
+        let told = mate.await.expect("group-mate task");
+        assert!(
+            matches!(told, Err(StateError::Abandoned { .. })),
+            "{told:?}"
+        );
+        drop(sqlite_writer);
+        assert_eq!(db.catalogue_count(Some("chats")).await.expect("count"), 0);
+        let (r, c) = entry("records/chats/mate", now);
+        db.archived_insert(&[r], &[], &[c], now)
+            .await
+            .expect("retry");
+        assert_eq!(db.catalogue_count(Some("chats")).await.expect("count"), 1);
+    }
+
     fn entry(key: &str, now: DateTime<Utc>) -> (RetentionRow, CatalogueEntry) {
         let retention = RetentionRow {
             storage_key: key.into(),
