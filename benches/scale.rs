@@ -504,6 +504,7 @@ async fn commit_manifest(
         advance_to: Some(end),
         lookback_done_at: None,
         new_records: record_count,
+        participants: Vec::new(),
         now,
     };
     state

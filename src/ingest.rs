@@ -14,7 +14,7 @@ use crate::state::{
 };
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 mod content;
@@ -63,6 +63,16 @@ pub struct WindowPlan {
     pub lookback_done_at: Option<DateTime<Utc>>,
     /// On a scope's last window: its schedule and lease release, committed with the window.
     pub end: Option<Arc<ScopeEnd>>,
+}
+
+/// What a window's pages leave for its commit.
+#[derive(Debug, Default)]
+pub struct WindowLog {
+    /// The manifest's entries: every record version the window saw, new or already stored.
+    pub entries: Vec<ManifestEntry>,
+    /// The chats whose messages the scope's export returned (lowercased): its user takes part
+    /// in them, whoever's export stored the messages first.
+    chats: BTreeSet<String>,
 }
 
 #[derive(Clone)]
@@ -116,19 +126,13 @@ impl Ingestor {
         let fetch =
             |url: url::Url| async move { graph.get_page(&url, source.endpoint(), headers).await };
         let mut report = WindowReport::default();
-        let mut entries = Vec::new();
+        let mut log = WindowLog::default();
         let mut page = fetch(first).await?;
         loop {
             report.pages += 1;
             let next = page.next_link.take().map(|n| source.next_page_url(n));
-            let ingest = self.ingest_page(
-                graph,
-                source,
-                scope,
-                page.records,
-                &mut entries,
-                &mut report,
-            );
+            let ingest =
+                self.ingest_page(graph, source, scope, page.records, &mut log, &mut report);
             match next {
                 Some(url) => page = ingest_while_fetching(ingest, fetch(url)).await?,
                 None => {
@@ -137,7 +141,7 @@ impl Ingestor {
                 }
             }
         }
-        self.commit_window(source, scope, plan, entries, &report)
+        self.commit_window(source, scope, plan, log, &report)
             .await?;
         Ok(report)
     }
@@ -150,27 +154,31 @@ impl Ingestor {
         source: &dyn Source,
         scope: &Scope,
         records: Vec<Record>,
-        entries: &mut Vec<ManifestEntry>,
+        log: &mut WindowLog,
         report: &mut WindowReport,
     ) -> Result<(), IngestError> {
         let content = self.pending_content(graph, source, scope, &records);
-        self.ingest_records(source, scope, records, entries, report)
+        self.ingest_records(source, scope, records, log, report)
             .await?;
-        self.archive_content(graph, source, scope, content, entries, report)
+        self.archive_content(graph, source, scope, content, &mut log.entries, report)
             .await
     }
 
-    /// Stores and catalogues the new versions among `records`, appending manifest entries.
+    /// Stores and catalogues the new versions among `records`, appending manifest entries
+    /// and the chats they show the scope taking part in.
     pub async fn ingest_records(
         &self,
         source: &dyn Source,
         scope: &Scope,
         records: Vec<Record>,
-        entries: &mut Vec<ManifestEntry>,
+        log: &mut WindowLog,
         report: &mut WindowReport,
     ) -> Result<(), IngestError> {
         report.records += records.len() as u64;
         let items = self.identify(source, scope, records, report).await?;
+        let chats = items.iter().filter_map(|i| i.meta.chat_id.as_deref());
+        log.chats.extend(chats.map(str::to_ascii_lowercase));
+        let entries = &mut log.entries;
         let src = source.kind().as_str();
         let lookup: Vec<(String, String)> = items
             .iter()
@@ -303,7 +311,7 @@ impl Ingestor {
             return Ok(Vec::new());
         }
         // Retention counts from each record's creation; `planned_at` stands in where it has none.
-        let custody = self.custody().await?;
+        let custody = self.custody(to_write.iter().map(|(_, i)| &i.facts)).await?;
         let planned_at = Utc::now();
         let puts = to_write
             .iter()
@@ -396,10 +404,12 @@ impl Ingestor {
         source: &dyn Source,
         scope: &Scope,
         plan: &WindowPlan,
-        entries: Vec<ManifestEntry>,
+        log: WindowLog,
         report: &WindowReport,
     ) -> Result<(), IngestError> {
         let src = source.kind().as_str();
+        let participants = custody::window_participants(src, scope, &log.chats);
+        let entries = log.entries;
         let now = Utc::now();
         let last = self.state.last_manifest(src, &scope.id).await?;
         let seq = last.as_ref().map_or(1, |m| m.seq + 1);
@@ -438,6 +448,7 @@ impl Ingestor {
             advance_to: plan.advance_to,
             lookback_done_at: plan.lookback_done_at,
             new_records: report.new as i64,
+            participants,
             now,
         };
         self.state

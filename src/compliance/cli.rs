@@ -51,7 +51,8 @@ pub enum HoldCommand {
 #[derive(Debug, clap::Args)]
 #[group(required = true, multiple = false)]
 pub struct TargetArgs {
-    /// User id or UPN.
+    /// User id or UPN: their Copilot interactions, the meetings they organized, the messages
+    /// they sent, and every message of the chats they take part in.
     #[arg(long)]
     user: Option<String>,
     /// Chat id (e.g. 19:...@thread.v2).

@@ -10,9 +10,9 @@ pub mod verify;
 
 use crate::archive::{PutOptions, StoreError};
 use crate::retention::{Decision, RecordFacts, RetentionRules};
-use crate::state::{HoldKind, HoldRow, RetentionRow, StateDb, StateError};
+use crate::state::{ChatParticipant, HoldKind, HoldRow, RetentionRow, StateDb, StateError};
 use chrono::{DateTime, Utc};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ComplianceError {
@@ -58,13 +58,29 @@ pub fn operator(by: Option<&str>) -> String {
 #[derive(Debug, Clone, Default)]
 pub struct Custody {
     holds: Vec<HoldRow>,
+    /// (user hold target, chat id), lowercased: of the batch's chats, those a held user takes
+    /// part in.
+    held_chats: HashSet<(String, String)>,
 }
 
 impl Custody {
-    pub async fn load(state: &StateDb) -> Result<Custody, StateError> {
-        Ok(Custody {
-            holds: state.holds(false).await?,
-        })
+    /// The active holds, and which of `chats` (the batch's) their users take part in.
+    pub async fn load(state: &StateDb, chats: &[String]) -> Result<Custody, StateError> {
+        let holds = state.holds(false).await?;
+        let users: Vec<String> = holds
+            .iter()
+            .filter(|h| h.kind == HoldKind::User)
+            .map(|h| h.target.clone())
+            .collect();
+        let held_chats = match users.is_empty() || chats.is_empty() {
+            true => HashSet::new(),
+            false => state
+                .chats_taken_part_in(&users, chats)
+                .await?
+                .into_iter()
+                .collect(),
+        };
+        Ok(Custody { holds, held_chats })
     }
 
     pub fn hold_ids(&self) -> Vec<i64> {
@@ -75,13 +91,22 @@ impl Custody {
     pub fn covering(&self, facts: &RecordFacts) -> Vec<i64> {
         self.holds
             .iter()
-            .filter(|h| covers(h, facts))
+            .filter(|h| covers(h, facts) || self.covers_through_chat(h, facts))
             .map(|h| h.id)
             .collect()
     }
+
+    fn covers_through_chat(&self, hold: &HoldRow, facts: &RecordFacts) -> bool {
+        hold.kind == HoldKind::User
+            && facts.chat_ids.iter().any(|chat| {
+                self.held_chats
+                    .contains(&(hold.target.clone(), chat.to_ascii_lowercase()))
+            })
+    }
 }
 
-/// Whether `hold` covers a record with these facts (the same rule as the SQL in state).
+/// Whether `hold` covers a record with these facts by the record's own custodians (the same
+/// rule as the SQL in state, less the chats a held user takes part in, which `Custody` adds).
 pub fn covers(hold: &HoldRow, facts: &RecordFacts) -> bool {
     let has = |ids: &[String]| ids.iter().any(|i| i.eq_ignore_ascii_case(&hold.target));
     match hold.kind {
@@ -89,6 +114,27 @@ pub fn covers(hold: &HoldRow, facts: &RecordFacts) -> bool {
         HoldKind::Chat => has(&facts.chat_ids),
         HoldKind::Team => has(&facts.team_ids),
     }
+}
+
+/// The chat participants a record shows: each of its users (the exporting user, the sender)
+/// in each of its chats.
+pub fn participants(facts: &RecordFacts) -> Vec<ChatParticipant> {
+    let mut out = Vec::new();
+    for chat in &facts.chat_ids {
+        out.extend(
+            facts
+                .user_ids
+                .iter()
+                .map(|id| ChatParticipant::new(chat, "user", id)),
+        );
+        out.extend(
+            facts
+                .upns
+                .iter()
+                .map(|upn| ChatParticipant::new(chat, "upn", upn)),
+        );
+    }
+    out
 }
 
 /// The store options for a record: create-only with its sha256, the retention the rules chose,
@@ -128,8 +174,12 @@ pub fn retention_row(
                 .map(|id| (kind.to_string(), id.to_ascii_lowercase())),
         );
     };
-    add("user", &facts.user_ids);
-    add("upn", &facts.upns);
+    // A chat record's users are participants of its chat, written once per chat rather than
+    // once per record: a user hold covers the whole chat through them.
+    if facts.chat_ids.is_empty() {
+        add("user", &facts.user_ids);
+        add("upn", &facts.upns);
+    }
     add("chat", &facts.chat_ids);
     add("team", &facts.team_ids);
     RetentionRow {
@@ -142,6 +192,7 @@ pub fn retention_row(
         mode: decision.mode.as_str().to_string(),
         created_at: facts.created,
         custodians,
+        participants: participants(facts),
     }
 }
 
@@ -213,5 +264,61 @@ mod tests {
         assert!(covers(&hold(HoldKind::Team, "t-1"), &facts));
         assert!(!covers(&hold(HoldKind::User, "t-1"), &facts));
         assert!(!covers(&hold(HoldKind::Team, "u-1"), &facts));
+    }
+
+    fn chat_message() -> RecordFacts {
+        RecordFacts {
+            source: "chats".into(),
+            user_ids: vec!["U-1".into(), "u-2".into()],
+            upns: vec!["a@contoso.com".into()],
+            chat_ids: vec!["19:C@thread.v2".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_chat_record_names_its_chat_and_makes_its_users_participants() {
+        let decision = RetentionRules::default().decide(&chat_message(), Utc::now());
+        let row = retention_row("k", "u-1", "ab", &chat_message(), &decision);
+        assert_eq!(
+            row.custodians,
+            vec![("chat".into(), "19:c@thread.v2".into())]
+        );
+        let p = |kind: &str, id: &str| ChatParticipant::new("19:c@thread.v2", kind, id);
+        assert_eq!(
+            row.participants,
+            vec![
+                p("user", "u-1"),
+                p("user", "u-2"),
+                p("upn", "a@contoso.com")
+            ]
+        );
+        // Other records keep their users as custodians of each record.
+        let copilot = RecordFacts {
+            source: "copilot".into(),
+            chat_ids: Vec::new(),
+            ..chat_message()
+        };
+        let row = retention_row("k", "u-1", "ab", &copilot, &decision);
+        assert_eq!(row.custodians.len(), 3);
+        assert!(row.participants.is_empty());
+    }
+
+    #[test]
+    fn a_user_hold_covers_a_chat_its_user_takes_part_in() {
+        let facts = chat_message();
+        let on_b = hold(HoldKind::User, "u-9");
+        let mut custody = Custody {
+            holds: vec![on_b],
+            held_chats: HashSet::new(),
+        };
+        assert!(custody.covering(&facts).is_empty());
+        custody
+            .held_chats
+            .insert(("u-9".into(), "19:c@thread.v2".into()));
+        assert_eq!(custody.covering(&facts), vec![7]);
+        // A chat hold or a hold on another user is not widened by it.
+        custody.holds = vec![hold(HoldKind::Chat, "u-9"), hold(HoldKind::User, "u-8")];
+        assert!(custody.covering(&facts).is_empty());
     }
 }

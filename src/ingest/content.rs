@@ -140,7 +140,7 @@ impl Ingestor {
             bytes: Bytes::new(),
             facts: p.facts,
         };
-        let custody = self.custody().await?;
+        let custody = self.custody([&item.facts]).await?;
         let now = Utc::now();
         let opts = self.record_options(src, scope, &item, &custody, now);
         let outcome = self.store.put_file_create_only(key, &dl.file, &opts).await;

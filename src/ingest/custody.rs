@@ -4,12 +4,12 @@
 
 use super::{IngestError, Ingestor, Item};
 use crate::archive::PutOptions;
-use crate::compliance::{retention_row, Compliance, Custody};
+use crate::compliance::{participants, retention_row, Compliance, Custody};
 use crate::retention::RecordFacts;
 use crate::sources::Scope;
-use crate::state::{CatalogueEntry, HeldKeys, RetentionRow};
+use crate::state::{CatalogueEntry, ChatParticipant, HeldKeys, RetentionRow};
 use chrono::{DateTime, Utc};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// What was decided for one written record.
 pub(super) struct Planned {
@@ -43,9 +43,18 @@ impl Ingestor {
             .clone()
     }
 
-    /// The active holds for one batch of writes.
-    pub(super) async fn custody(&self) -> Result<Custody, IngestError> {
-        Ok(Custody::load(&self.state).await?)
+    /// The active holds for one batch of writes, and which of the batch's chats their users
+    /// take part in.
+    pub(super) async fn custody<'a>(
+        &self,
+        facts: impl IntoIterator<Item = &'a RecordFacts>,
+    ) -> Result<Custody, IngestError> {
+        let chats: BTreeSet<String> = facts
+            .into_iter()
+            .flat_map(|f| f.chat_ids.iter().map(|c| c.to_ascii_lowercase()))
+            .collect();
+        let chats: Vec<String> = chats.into_iter().collect();
+        Ok(Custody::load(&self.state, &chats).await?)
     }
 
     /// Store options for a record: create-only, sha256, retention, hold and provenance.
@@ -123,7 +132,7 @@ impl Ingestor {
         if planned.is_empty() {
             return Ok(());
         }
-        let now = self.custody().await?;
+        let now = self.custody(planned.iter().map(|p| &p.facts)).await?;
         let old = before.hold_ids();
         if now.hold_ids().iter().all(|id| old.contains(id)) {
             return Ok(());
@@ -146,6 +155,17 @@ impl Ingestor {
         }
         Ok(())
     }
+}
+
+/// The chat participants a window shows: its scope's user in each chat its export returned.
+pub(super) fn window_participants(
+    src: &str,
+    scope: &Scope,
+    chats: &BTreeSet<String>,
+) -> Vec<ChatParticipant> {
+    let mut facts = RecordFacts::of_scope(src, scope);
+    facts.chat_ids = chats.iter().cloned().collect();
+    participants(&facts)
 }
 
 /// The retention/hold facts of a record, read from its exact bytes.

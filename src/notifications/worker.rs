@@ -7,7 +7,7 @@ use super::catchup::{CatchUp, CatchUpScope};
 use super::payload::{parse_item, ItemKind, Verifier};
 use super::queue::{NotificationQueue, QueuedItem};
 use crate::graph::Record;
-use crate::ingest::{IngestError, Ingestor, WindowReport};
+use crate::ingest::{IngestError, Ingestor, WindowLog, WindowReport};
 use crate::ops::metrics;
 use crate::sources::copilot::CopilotSource;
 use crate::sources::{Scope, ScopeKind};
@@ -239,15 +239,9 @@ impl Worker {
         let mut report = WindowReport::default();
         // Manifests belong to polling windows; the window that later sees this record finds it
         // catalogued and lists it in its manifest.
-        let mut entries = Vec::new();
+        let mut log = WindowLog::default();
         self.ingest
-            .ingest_records(
-                &self.source,
-                &scope,
-                vec![record],
-                &mut entries,
-                &mut report,
-            )
+            .ingest_records(&self.source, &scope, vec![record], &mut log, &mut report)
             .await?;
         if let Some(latency) = created.and_then(|c| (chrono::Utc::now() - c).to_std().ok()) {
             metrics::notification_latency("copilot", latency);

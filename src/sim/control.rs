@@ -64,6 +64,7 @@ pub(crate) fn router() -> Router<Arc<SimState>> {
         .route("/users", get(list_users))
         .route("/users/{id}/unlicense", post(unlicense))
         .route("/users/{id}/delete", post(delete))
+        .route("/chats", get(teams_control::chat_members))
         .route("/messages", post(teams_control::change_message))
         .route("/messages/churn", post(teams_control::churn))
         .route("/teams/{id}/delete", post(teams_control::delete_team))

@@ -285,6 +285,30 @@ pub(crate) async fn churn(
 }
 
 /// `POST /_sim/teams/{id}/delete`: the team moves to `/teamwork/deletedTeams`.
+/// A chat and its members (user ids), for tests of what a hold on a member covers.
+#[derive(Debug, Serialize)]
+pub(crate) struct ChatMembers {
+    id: String,
+    members: Vec<String>,
+}
+
+/// `GET /_sim/chats`: every chat with its members.
+pub(crate) async fn chat_members(State(st): State<Arc<SimState>>) -> Json<Vec<ChatMembers>> {
+    let tenant = read(&st.tenant);
+    let user_id = |m: &u32| tenant.users.get(*m as usize).map(|u| u.id.clone());
+    Json(
+        tenant
+            .teams
+            .chats
+            .iter()
+            .map(|c| ChatMembers {
+                id: c.id.clone(),
+                members: c.members.iter().filter_map(user_id).collect(),
+            })
+            .collect(),
+    )
+}
+
 pub(crate) async fn delete_team(
     State(st): State<Arc<SimState>>,
     Path(id): Path<String>,

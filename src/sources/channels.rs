@@ -109,6 +109,7 @@ impl Source for ChannelsSource {
             parts: vec![team, channel_id, id],
             etag: m.version()?,
             created: time(m.created.as_deref()),
+            chat_id: None,
         })
     }
 

@@ -156,6 +156,7 @@ impl Source for ChatsSource {
         let chat = required(m.chat_id.clone(), "chatId")?;
         let id = required(m.id.clone(), "id")?;
         Ok(RecordMeta {
+            chat_id: Some(chat.clone()),
             parts: vec![chat, id],
             etag: m.version()?,
             created: time(m.created.as_deref()),

@@ -103,6 +103,7 @@ impl Source for CopilotSource {
             parts: vec![scope.id.clone(), id],
             etag,
             created,
+            chat_id: None,
         })
     }
 }

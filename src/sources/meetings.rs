@@ -138,6 +138,7 @@ impl Source for MeetingsSource {
             parts: parts.to_vec(),
             etag,
             created: time(a.created.as_deref()),
+            chat_id: None,
         })
     }
 

@@ -133,6 +133,9 @@ pub struct RecordMeta {
     pub etag: String,
     /// The record's own creation time, for retention and for status; None if absent.
     pub created: Option<DateTime<Utc>>,
+    /// The chat the record belongs to, when exporting it shows that the scope's user takes
+    /// part in that chat (a user's getAllMessages returns only their chats' messages).
+    pub chat_id: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -15,7 +15,7 @@ use tokio::sync::{oneshot, Mutex};
 
 use super::catalogue::{insert_chunk, INSERT_CHUNK};
 use super::holds::insert_record_holds;
-use super::retention::{insert_custodians, insert_retention};
+use super::retention::{insert_custodians, insert_participants, insert_retention};
 use super::{CatalogueEntry, RetentionRow, StateDb, StateError};
 
 /// Which objects one hold was set on.
@@ -125,6 +125,7 @@ impl StateDb {
             insert_retention(tx.conn(), chunk, now_ms).await?;
             insert_custodians(tx.conn(), chunk).await?;
         }
+        insert_participants(tx.conn(), retention.iter().flat_map(|r| &r.participants)).await?;
         for (hold, keys) in &holds {
             insert_record_holds(tx.conn(), *hold, keys, now).await?;
         }
@@ -307,6 +308,7 @@ mod tests {
             mode: "Locked".into(),
             created_at: Some(now),
             custodians: vec![("user".into(), "u1".into())],
+            participants: Vec::new(),
         };
         let catalogue = CatalogueEntry {
             source: "chats".into(),

@@ -119,6 +119,7 @@ impl StateDb {
         let last = last_manifest_on(tx.conn(), &c.source, &c.scope_id).await?;
         check_chain(c, last.as_ref())?;
         insert_manifest(tx.conn(), &c.manifest).await?;
+        super::retention::insert_participants(tx.conn(), &c.participants).await?;
         upsert_checkpoint(tx.conn(), c, kind).await?;
         if let Some(end) = end {
             super::scope_end::apply(tx.conn(), end, c.new_records > 0).await?;

@@ -147,8 +147,8 @@ impl StateDb {
         rows.iter().map(|r| hold_row(r, OP)).collect()
     }
 
-    /// Objects the hold covers through their custodians and that it has not been set on yet,
-    /// after `after` in key order.
+    /// Objects the hold covers through their custodians (and, for a user hold, the chats its
+    /// user takes part in) and that it has not been set on yet, after `after` in key order.
     pub async fn hold_pending_keys(
         &self,
         hold: &HoldRow,
@@ -156,17 +156,12 @@ impl StateDb {
         limit: i64,
     ) -> Result<Vec<String>, StateError> {
         const OP: &str = "hold_pending_keys";
-        let kinds = match hold.kind {
-            HoldKind::User => "c.kind IN ('user', 'upn')",
-            HoldKind::Chat => "c.kind = 'chat'",
-            HoldKind::Team => "c.kind = 'team'",
-        };
         let sql = format!(
-            "SELECT DISTINCT c.storage_key FROM record_custodians c \
-             WHERE {kinds} AND c.id = $1 AND c.storage_key > $2 \
-               AND NOT EXISTS (SELECT 1 FROM record_holds rh WHERE rh.hold_id = $3 \
-                               AND rh.storage_key = c.storage_key) \
-             ORDER BY c.storage_key LIMIT $4"
+            "SELECT k.storage_key FROM ({}) k \
+             WHERE NOT EXISTS (SELECT 1 FROM record_holds rh WHERE rh.hold_id = $3 \
+                               AND rh.storage_key = k.storage_key) \
+             ORDER BY k.storage_key LIMIT $4",
+            covered_keys_sql(hold.kind, "$1", "$2")
         );
         let rows: Vec<(String,)> = sqlx::query_as(&sql)
             .bind(hold.target.as_str())
@@ -179,15 +174,11 @@ impl StateDb {
         Ok(rows.into_iter().map(|(k,)| k).collect())
     }
 
-    /// Counts the objects a hold covers through their custodians.
+    /// Counts the objects a hold covers.
     pub async fn hold_scope_count(&self, hold: &HoldRow) -> Result<i64, StateError> {
-        let kinds = match hold.kind {
-            HoldKind::User => "kind IN ('user', 'upn')",
-            HoldKind::Chat => "kind = 'chat'",
-            HoldKind::Team => "kind = 'team'",
-        };
         let sql = format!(
-            "SELECT COUNT(DISTINCT storage_key) FROM record_custodians WHERE {kinds} AND id = $1"
+            "SELECT COUNT(*) FROM ({}) k",
+            covered_keys_sql(hold.kind, "$1", "''")
         );
         let (n,): (i64,) = sqlx::query_as(&sql)
             .bind(hold.target.as_str())
@@ -195,6 +186,38 @@ impl StateDb {
             .await
             .map_err(StateError::op("hold_scope_count"))?;
         Ok(n)
+    }
+
+    /// Of `chats`, those in which one of `users` (user hold targets: ids or UPNs, lowercased)
+    /// takes part, as (user, chat id) pairs, lowercased.
+    pub async fn chats_taken_part_in(
+        &self,
+        users: &[String],
+        chats: &[String],
+    ) -> Result<Vec<(String, String)>, StateError> {
+        const OP: &str = "chats_taken_part_in";
+        let mut found = Vec::new();
+        if users.is_empty() {
+            return Ok(found);
+        }
+        let users: Vec<String> = users.iter().map(|u| u.to_ascii_lowercase()).collect();
+        let chats: Vec<String> = chats.iter().map(|c| c.to_ascii_lowercase()).collect();
+        for part in chats.chunks(200) {
+            for held in users.chunks(200) {
+                let sql = self.bulk_sql(format!(
+                    "SELECT DISTINCT id, chat_id FROM chat_participants \
+                     WHERE chat_id IN ({}) AND id IN ({})",
+                    placeholders(1, part.len()),
+                    placeholders(1 + part.len(), held.len())
+                ));
+                let mut q = sqlx::query_as::<_, (String, String)>(&sql);
+                for v in part.iter().chain(held) {
+                    q = q.bind(v.as_str());
+                }
+                found.extend(q.fetch_all(self.pool()).await.map_err(StateError::op(OP))?);
+            }
+        }
+        Ok(found)
     }
 
     /// Records that the store now holds these objects for `hold_id`.
@@ -273,6 +296,28 @@ impl StateDb {
             .await
             .map_err(StateError::op("held_by_other"))?;
         Ok(n > 0)
+    }
+}
+
+/// The keys (column `storage_key`, each once) of the objects a hold of `kind` on the target
+/// bound at `target` covers, from `after` on: through their custodians, and for a user hold
+/// through the chats the user takes part in. Each branch reads one index range.
+fn covered_keys_sql(kind: HoldKind, target: &str, after: &str) -> String {
+    let direct = |kinds: &str| {
+        format!(
+            "SELECT c.storage_key FROM record_custodians c \
+             WHERE c.kind IN ({kinds}) AND c.id = {target} AND c.storage_key > {after}"
+        )
+    };
+    match kind {
+        HoldKind::User => format!(
+            "{} UNION SELECT c.storage_key FROM chat_participants p \
+             JOIN record_custodians c ON c.kind = 'chat' AND c.id = p.chat_id \
+             WHERE p.id = {target} AND c.storage_key > {after}",
+            direct("'user', 'upn'")
+        ),
+        HoldKind::Chat => direct("'chat'"),
+        HoldKind::Team => direct("'team'"),
     }
 }
 

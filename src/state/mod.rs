@@ -46,7 +46,7 @@ pub use error::{redact_url, StateError};
 pub use holds::{HoldKind, HoldRow};
 pub use lease_claims::{LeaseClaim, MAX_CLAIM_KEYS};
 pub use replicas::ReplicaRow;
-pub use retention::{DisposalCandidate, RetentionRow};
+pub use retention::{ChatParticipant, DisposalCandidate, RetentionRow};
 pub use schedule::{DueScopes, PollHorizon, PollSchedule};
 pub use scope_end::ScopeEnd;
 pub use types::{
@@ -161,6 +161,34 @@ impl StateDb {
             })?;
         tracing::debug!(backend = ?self.backend, "state database migrations applied");
         Ok(())
+    }
+
+    /// Applies the embedded migrations older than `version` only: a database as an earlier
+    /// release left it, for migration tests.
+    #[cfg(test)]
+    pub(crate) async fn migrate_before(&self, version: i64) -> Result<(), StateError> {
+        let all = match self.backend {
+            Backend::Sqlite => &SQLITE_MIGRATOR,
+            Backend::Postgres => &POSTGRES_MIGRATOR,
+        };
+        let older = sqlx::migrate::Migrator {
+            migrations: std::borrow::Cow::Owned(
+                all.migrations
+                    .iter()
+                    .filter(|m| m.version < version)
+                    .cloned()
+                    .collect(),
+            ),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        older
+            .run(&self.pool)
+            .await
+            .map_err(|source| StateError::Migrate {
+                url: self.redacted_url.to_string(),
+                hint: error::migrate_hint(&source),
+                source,
+            })
     }
 
     pub fn backend(&self) -> Backend {

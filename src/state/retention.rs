@@ -27,6 +27,29 @@ pub struct RetentionRow {
     pub created_at: Option<DateTime<Utc>>,
     /// (kind, id): kind is user | upn | chat | team; ids are compared lowercased.
     pub custodians: Vec<(String, String)>,
+    /// For a chat message: the users it shows taking part in its chat (the exporting user, the
+    /// sender). A user hold covers the chat's records through them, so they are not also
+    /// written as custodians of each record.
+    pub participants: Vec<ChatParticipant>,
+}
+
+/// A user taking part in a chat: `kind` is user (an id) or upn; ids are lowercased. A user
+/// hold covers every record of the chats its user takes part in (migration 0010).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct ChatParticipant {
+    pub chat_id: String,
+    pub kind: String,
+    pub id: String,
+}
+
+impl ChatParticipant {
+    pub fn new(chat_id: &str, kind: &str, id: &str) -> ChatParticipant {
+        ChatParticipant {
+            chat_id: chat_id.to_ascii_lowercase(),
+            kind: kind.to_string(),
+            id: id.to_ascii_lowercase(),
+        }
+    }
 }
 
 /// An object whose retention has run out and that no hold covers (as of the query).
@@ -57,13 +80,18 @@ pub(crate) fn held_sql(alias: &str) -> String {
 }
 
 /// True when an active hold covers the object `{alias}.storage_key` through one of its
-/// custodians (a user hold matches the user's id or UPN).
+/// custodians (a user hold matches the user's id or UPN), or, for a chat record, through a
+/// participant of its chat.
 pub(crate) fn custodian_held_sql(alias: &str) -> String {
     format!(
-        "EXISTS (SELECT 1 FROM record_custodians c JOIN legal_holds h \
+        "(EXISTS (SELECT 1 FROM record_custodians c JOIN legal_holds h \
            ON h.released_at IS NULL AND h.target = c.id \
            AND (h.kind = c.kind OR (h.kind = 'user' AND c.kind = 'upn')) \
-           WHERE c.storage_key = {alias}.storage_key)"
+           WHERE c.storage_key = {alias}.storage_key) \
+         OR EXISTS (SELECT 1 FROM record_custodians c \
+           JOIN chat_participants p ON c.kind = 'chat' AND p.chat_id = c.id \
+           JOIN legal_holds h ON h.released_at IS NULL AND h.kind = 'user' AND h.target = p.id \
+           WHERE c.storage_key = {alias}.storage_key))"
     )
 }
 
@@ -81,6 +109,7 @@ impl StateDb {
             insert_retention(tx.conn(), chunk, now).await?;
             insert_custodians(tx.conn(), chunk).await?;
         }
+        insert_participants(tx.conn(), rows.iter().flat_map(|r| &r.participants)).await?;
         tx.commit(OP).await
     }
 
@@ -365,6 +394,44 @@ pub(super) async fn insert_custodians(
     Ok(())
 }
 
+/// Records chat participants, each once, in key order (so that transactions adding the same
+/// ones wait for each other instead of deadlocking on PostgreSQL); known ones are kept.
+pub(super) async fn insert_participants<'a>(
+    conn: &mut AnyConnection,
+    participants: impl IntoIterator<Item = &'a ChatParticipant>,
+) -> Result<(), StateError> {
+    let all: Vec<&ChatParticipant> = participants
+        .into_iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    for chunk in all.chunks(INSERT_CHUNK * 3) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| format!("({})", placeholders(1 + 3 * i, 3)))
+            .collect();
+        let sql = bulk_sql(
+            conn,
+            format!(
+                "INSERT INTO chat_participants (chat_id, kind, id) VALUES {} \
+                 ON CONFLICT (chat_id, kind, id) DO NOTHING",
+                values.join(", ")
+            ),
+        );
+        let mut query = sqlx::query(&sql);
+        for p in chunk {
+            query = query
+                .bind(p.chat_id.as_str())
+                .bind(p.kind.as_str())
+                .bind(p.id.as_str());
+        }
+        query
+            .execute(&mut *conn)
+            .await
+            .map_err(StateError::op("chat_participants_insert"))?;
+    }
+    Ok(())
+}
+
 fn retention_row(row: &AnyRow, op: &'static str) -> Result<RetentionRow, StateError> {
     let r = RowReader::new(row, op);
     Ok(RetentionRow {
@@ -377,6 +444,7 @@ fn retention_row(row: &AnyRow, op: &'static str) -> Result<RetentionRow, StateEr
         mode: r.string("mode")?,
         created_at: r.opt_time("created_at")?,
         custodians: Vec::new(),
+        participants: Vec::new(),
     })
 }
 

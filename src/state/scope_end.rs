@@ -172,6 +172,7 @@ mod tests {
             advance_to: Some(at(seq * 100 + 100)),
             lookback_done_at: None,
             new_records,
+            participants: Vec::new(),
             now: at(seq * 100 + 102),
         }
     }

@@ -64,7 +64,7 @@ fn manifest(source: &str, scope: &str, seq: i64, prev: Option<&str>) -> Manifest
 }
 
 /// The commit that appends the next manifest of the chain.
-async fn next_commit(db: &StateDb, source: &str, scope: &str) -> WindowCommit {
+pub(in crate::state) async fn next_commit(db: &StateDb, source: &str, scope: &str) -> WindowCommit {
     let last = db
         .last_manifest(source, scope)
         .await
@@ -78,6 +78,7 @@ async fn next_commit(db: &StateDb, source: &str, scope: &str) -> WindowCommit {
         advance_to: None,
         lookback_done_at: None,
         new_records: 0,
+        participants: Vec::new(),
         now: at(seq * 100 + 102),
     }
 }

@@ -95,6 +95,9 @@ pub struct WindowCommit {
     /// Set when this window was a look-back sweep.
     pub lookback_done_at: Option<DateTime<Utc>>,
     pub new_records: i64,
+    /// The chats the scope's user was seen taking part in during the window (its export
+    /// returned their messages), recorded with the window for user holds.
+    pub participants: Vec<super::ChatParticipant>,
     pub now: DateTime<Utc>,
 }
 

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use m365_archiver::archive::fs::FsStore;
 use m365_archiver::archive::{sha256_hex, ArchiveStore};
 use m365_archiver::graph::Record;
-use m365_archiver::ingest::{Ingestor, WindowReport};
+use m365_archiver::ingest::{Ingestor, WindowLog, WindowReport};
 use m365_archiver::sources::copilot::CopilotSource;
 use m365_archiver::sources::{Scope, ScopeKind};
 use m365_archiver::state::testing;
@@ -34,14 +34,14 @@ async fn unidentifiable_record_is_quarantined_not_dropped() {
             bytes: Bytes::from_static(no_id),
         },
     ];
-    let mut entries = Vec::new();
+    let mut log = WindowLog::default();
     let mut report = WindowReport::default();
     ingest
         .ingest_records(
             &CopilotSource::new(100),
             &scope,
             records,
-            &mut entries,
+            &mut log,
             &mut report,
         )
         .await

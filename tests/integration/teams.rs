@@ -426,6 +426,83 @@ async fn an_edit_after_archiving_is_a_new_version_and_the_old_one_stays() {
     assert_archive_exact(&env, sources).await;
 }
 
+/// A legal hold on a chat member covers every message of the chat, whichever member's export
+/// stored it first (the archive keeps one copy; Teams keeps one in each member's mailbox); a
+/// hold on a user outside the chat covers none of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_on_a_member_covers_every_message_of_the_chat() {
+    let o = TeamsOpts {
+        sources: &["chats"],
+        ..TeamsOpts::default()
+    };
+    let env = teams_env(Db::Sqlite, small_tenant(), &o).await;
+    env.run_until_ok(2).await;
+    let chats: Vec<serde_json::Value> = reqwest::get(format!("{}/_sim/chats", env.sim.authority()))
+        .await
+        .expect("chats")
+        .json()
+        .await
+        .expect("json");
+    let chat = chats
+        .iter()
+        .max_by_key(|c| members_of(c).len())
+        .expect("a chat");
+    let (chat_id, members) = (chat["id"].as_str().expect("id"), members_of(chat));
+    assert!(members.len() >= 3, "a group chat: {members:?}");
+    let keys: Vec<String> = truth_of(&env, "chats")
+        .await
+        .iter()
+        .filter(|r| r.identity()[0] == chat_id)
+        .map(storage_key)
+        .filter(|k| env.archive_path().join(k).exists())
+        .collect();
+    assert!(
+        keys.len() >= 8,
+        "the chat's messages are archived: {keys:?}"
+    );
+    let outsider = chats
+        .iter()
+        .flat_map(members_of)
+        .find(|u| !members.contains(u))
+        .expect("a user outside the chat");
+
+    let state = env.state().await;
+    for user in members.iter().chain([&outsider]) {
+        let out = env
+            .command(&["hold", "add", "--user", user, "--reason", "matter 9"])
+            .output()
+            .await
+            .expect("hold add");
+        assert!(out.status.success(), "{}", text(&out));
+        let mut held = Vec::new();
+        for key in &keys {
+            held.push(state.is_held(key).await.expect("is_held"));
+        }
+        let member = user != &outsider;
+        assert!(
+            held.iter().all(|h| *h == member),
+            "a hold on {user} (member: {member}) must cover all of chat {chat_id} or none: {held:?}"
+        );
+        let out = env
+            .command(&["hold", "release", "--user", user, "--reason", "closed"])
+            .output()
+            .await
+            .expect("hold release");
+        assert!(out.status.success(), "{}", text(&out));
+    }
+}
+
+fn members_of(chat: &serde_json::Value) -> Vec<String> {
+    chat["members"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .filter_map(|u| u.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A team deleted for good (gone from /teams and /teamwork/deletedTeams; Graph answers 404)
 /// ends its final sweep with an audited warning instead of failing every pass forever, and
 /// what was archived of it stays.

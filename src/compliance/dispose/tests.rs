@@ -208,6 +208,7 @@ async fn end_to_end(set: RuleSet, recs: Vec<Rec>, active: [bool; 3], released: [
             mode: "Locked".into(),
             created_at: c.created_at,
             custodians: vec![("user".into(), c.scope_id.clone())],
+            participants: Vec::new(),
         });
     }
     state.retention_insert(&rows).await.expect("retention rows");
@@ -299,6 +300,7 @@ async fn dry_run_and_disabled_delete_nothing() {
             mode: "Unlocked".into(),
             created_at: Some(created),
             custodians: vec![],
+            participants: Vec::new(),
         }])
         .await
         .expect("row");

@@ -99,6 +99,7 @@ impl Fixture {
             advance_to: Some(t),
             lookback_done_at: None,
             new_records: 0,
+            participants: Vec::new(),
             now: t,
         };
         self.state.commit_window(&commit).await.expect("commit");

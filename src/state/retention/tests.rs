@@ -11,6 +11,8 @@ both_backends!(
     holds_release_once_and_are_kept,
     candidates_exclude_held_unexpired_and_disposed,
     dispositions_complete_once,
+    a_user_hold_covers_the_chats_its_user_takes_part_in,
+    participants_are_only_ever_added,
 );
 
 fn at(days: i64) -> DateTime<Utc> {
@@ -34,6 +36,21 @@ fn row(key: &str, user: &str, until: Option<i64>) -> RetentionRow {
             ("user".into(), user.into()),
             ("upn".into(), format!("{user}@Contoso.com")),
         ],
+        participants: Vec::new(),
+    }
+}
+
+/// A chat message version in `chat`, stored from `exporter`'s export: as ingest writes it, with
+/// the chat as its custodian and the exporter as a participant of the chat.
+fn chat_row(key: &str, chat: &str, exporter: &str, until: i64) -> RetentionRow {
+    RetentionRow {
+        source: "chats".into(),
+        custodians: vec![("chat".into(), chat.to_ascii_lowercase())],
+        participants: vec![
+            ChatParticipant::new(chat, "user", exporter),
+            ChatParticipant::new(chat, "upn", &format!("{exporter}@contoso.com")),
+        ],
+        ..row(key, exporter, Some(until))
     }
 }
 
@@ -235,4 +252,166 @@ async fn dispositions_complete_once(db: StateDb) {
             assert!(r.is_err(), "must be refused: {bad}");
         }
     }
+}
+
+/// A message stored from A's export is covered by a hold on B as soon as B is known to take
+/// part in its chat (B's own window saw the chat), by id or by UPN; not before, and not a
+/// chat B is not in. Disposal, `is_held`, `held_by_other`, the hold's pending keys and its
+/// count all agree.
+async fn a_user_hold_covers_the_chats_its_user_takes_part_in(db: StateDb) {
+    db.retention_insert(&[
+        chat_row("m1", "19:C@thread.v2", "a", 5),
+        chat_row("m2", "19:D@thread.v2", "a", 5),
+    ])
+    .await
+    .expect("rows");
+    let now = at(10);
+    let keys = |c: Vec<DisposalCandidate>| c.into_iter().map(|c| c.storage_key).collect::<Vec<_>>();
+    let by_id = db
+        .hold_insert(HoldKind::User, "B", "m", "op", now)
+        .await
+        .expect("hold");
+    let by_upn = db
+        .hold_insert(HoldKind::User, "b@contoso.com", "m", "op", now)
+        .await
+        .expect("hold");
+    assert_eq!(
+        keys(db.disposal_candidates(now, "", 10).await.expect("q")),
+        vec!["m1", "m2"],
+        "b is not known in either chat yet"
+    );
+    assert!(db
+        .hold_pending_keys(&by_id, "", 10)
+        .await
+        .expect("q")
+        .is_empty());
+
+    // B's window over chat C commits, recording B (id and UPN) as a participant.
+    let mut commit = crate::state::tests::next_commit(&db, "chats", "b").await;
+    commit.participants = vec![
+        ChatParticipant::new("19:c@thread.v2", "user", "b"),
+        ChatParticipant::new("19:C@thread.v2", "upn", "B@contoso.com"),
+    ];
+    db.commit_window_ending(&commit, None)
+        .await
+        .expect("commit");
+
+    assert_eq!(
+        keys(db.disposal_candidates(now, "", 10).await.expect("q")),
+        vec!["m2"]
+    );
+    assert!(db.is_held("m1").await.expect("held"));
+    assert!(!db.is_held("m2").await.expect("held"));
+    for hold in [&by_id, &by_upn] {
+        assert_eq!(
+            db.hold_pending_keys(hold, "", 10).await.expect("q"),
+            vec!["m1"]
+        );
+        assert_eq!(
+            db.hold_pending_keys(hold, "m1", 10).await.expect("q"),
+            Vec::<String>::new()
+        );
+        assert_eq!(db.hold_scope_count(hold).await.expect("count"), 1);
+    }
+    assert!(
+        db.held_by_other("m1", by_id.id).await.expect("q"),
+        "by_upn still covers it"
+    );
+    assert_eq!(
+        db.chats_taken_part_in(
+            &["b".into(), "x".into()],
+            &["19:C@thread.v2".into(), "19:d@thread.v2".into()]
+        )
+        .await
+        .expect("q"),
+        vec![("b".to_string(), "19:c@thread.v2".to_string())]
+    );
+
+    // A's own hold covers both chats; a released hold covers nothing.
+    let on_a = db
+        .hold_insert(HoldKind::User, "a", "m", "op", now)
+        .await
+        .expect("hold");
+    assert_eq!(db.hold_scope_count(&on_a).await.expect("count"), 2);
+    for hold in [&by_id, &by_upn, &on_a] {
+        db.hold_release(hold.id, "op", "closed", now)
+            .await
+            .expect("release");
+    }
+    assert_eq!(
+        keys(db.disposal_candidates(now, "", 10).await.expect("q")),
+        vec!["m1", "m2"]
+    );
+}
+
+async fn participants_are_only_ever_added(db: StateDb) {
+    let mut commit = crate::state::tests::next_commit(&db, "chats", "b").await;
+    commit.participants = vec![ChatParticipant::new("19:c", "user", "b")];
+    db.commit_window_ending(&commit, None)
+        .await
+        .expect("commit");
+    // Known again: kept, not an error.
+    db.retention_insert(&[chat_row("m1", "19:c", "b", 5)])
+        .await
+        .expect("row");
+    for bad in [
+        "DELETE FROM chat_participants",
+        "UPDATE chat_participants SET id = 'x'",
+    ] {
+        assert!(exec(&db, bad).await.is_err(), "must be refused: {bad}");
+    }
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM chat_participants")
+        .fetch_one(db.pool())
+        .await
+        .expect("count");
+    assert_eq!(n, 2, "b by id, and b's UPN from the row");
+}
+
+/// Archives written before migration 0010 recorded the exporting user and the sender on each
+/// chat record; migrating makes them participants of its chat, so their holds keep covering
+/// what they covered, and more.
+async fn migration_0010_turns_record_users_into_chat_participants(db: StateDb) {
+    db.migrate_before(10).await.expect("migrations up to 0009");
+    let old_rows = "INSERT INTO record_custodians (storage_key, kind, id) VALUES \
+         ('m1', 'user', 'a'), ('m1', 'upn', 'a@contoso.com'), ('m1', 'user', 'b'), \
+         ('m1', 'chat', '19:c'), ('m2', 'user', 'a'), ('m2', 'chat', '19:d'), ('i1', 'user', 'a')";
+    exec(&db, old_rows).await.expect("an old archive's rows");
+    db.migrate().await.expect("migration 0010");
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT chat_id, kind, id FROM chat_participants ORDER BY chat_id, kind, id",
+    )
+    .fetch_all(db.pool())
+    .await
+    .expect("participants");
+    let want = [
+        ("19:c", "upn", "a@contoso.com"),
+        ("19:c", "user", "a"),
+        ("19:c", "user", "b"),
+        ("19:d", "user", "a"),
+    ];
+    let want: Vec<(String, String, String)> = want
+        .iter()
+        .map(|(c, k, i)| (c.to_string(), k.to_string(), i.to_string()))
+        .collect();
+    assert_eq!(rows, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_0010_sqlite() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let url = format!("sqlite://{}", dir.path().join("state.db").display());
+    let db = StateDb::connect(&url).await.expect("connect");
+    migration_0010_turns_record_users_into_chat_participants(db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_0010_postgres() {
+    let Some(url) = crate::state::testing::fresh_postgres_url()
+        .await
+        .expect("PostgreSQL")
+    else {
+        return;
+    };
+    let db = StateDb::connect(&url).await.expect("connect");
+    migration_0010_turns_record_users_into_chat_participants(db).await;
 }
