@@ -13,10 +13,13 @@ use std::sync::{Arc, Mutex as SyncMutex};
 use chrono::{DateTime, Utc};
 use tokio::sync::{oneshot, Mutex};
 
+use sqlx::AnyConnection;
+
 use super::catalogue::{insert_chunk, INSERT_CHUNK};
+use super::checkpoints::window_rows;
 use super::holds::insert_record_holds;
 use super::retention::{insert_custodians, insert_participants, insert_retention};
-use super::{CatalogueEntry, RetentionRow, StateDb, StateError};
+use super::{CatalogueEntry, RetentionRow, ScopeEnd, StateDb, StateError, WindowCommit};
 
 /// Which objects one hold was set on.
 pub type HeldKeys = (i64, Vec<String>);
@@ -29,11 +32,34 @@ pub(crate) struct ArchivedQueue {
 }
 
 struct Pending {
-    retention: Vec<RetentionRow>,
-    holds: Vec<HeldKeys>,
-    catalogue: Vec<CatalogueEntry>,
-    now: DateTime<Utc>,
-    done: oneshot::Sender<Result<(), Arc<StateError>>>,
+    work: Work,
+    done: oneshot::Sender<Result<(), GroupError>>,
+}
+
+/// One caller's part of a group transaction.
+enum Work {
+    /// A stored batch's retention, holds and catalogue rows.
+    Archived {
+        retention: Vec<RetentionRow>,
+        holds: Vec<HeldKeys>,
+        catalogue: Vec<CatalogueEntry>,
+        now: DateTime<Utc>,
+    },
+    /// A completed window: its manifest row, checkpoint and (last window) scope end.
+    Window {
+        commit: Box<WindowCommit>,
+        kind: &'static str,
+        end: Option<ScopeEnd>,
+    },
+}
+
+/// How a caller's part of a group went.
+enum GroupError {
+    /// Its own part failed and was rolled back alone (a window that is not the next link of
+    /// its chain).
+    Own(StateError),
+    /// The group transaction failed: nothing of any part was kept.
+    Shared(Arc<StateError>),
 }
 
 impl StateDb {
@@ -49,19 +75,39 @@ impl StateDb {
         if retention.is_empty() && catalogue.is_empty() {
             return Ok(());
         }
-        let (done, mut outcome) = oneshot::channel();
-        self.archived_queue().push(Pending {
+        let work = Work::Archived {
             retention: retention.to_vec(),
             holds: holds.to_vec(),
             catalogue: catalogue.to_vec(),
             now,
-            done,
-        });
+        };
+        self.in_group(work, "archived_insert").await
+    }
+
+    /// Commits a window (see `commit_window_ending`) with whatever batches are waiting; a
+    /// window that fails is rolled back alone and its error is its own.
+    pub(super) async fn window_in_group(
+        &self,
+        commit: &WindowCommit,
+        kind: &'static str,
+        end: Option<&ScopeEnd>,
+    ) -> Result<(), StateError> {
+        let work = Work::Window {
+            commit: Box::new(commit.clone()),
+            kind,
+            end: end.cloned(),
+        };
+        self.in_group(work, "commit_window").await
+    }
+
+    async fn in_group(&self, work: Work, op: &'static str) -> Result<(), StateError> {
+        let (done, mut outcome) = oneshot::channel();
+        self.archived_queue().push(Pending { work, done });
         tokio::select! {
             // Biased: a batch another caller has committed is reported before this one
             // competes for the writer.
             biased;
-            result = &mut outcome => return shared_outcome(result),
+            result = &mut outcome => return group_outcome(result, op),
             _writer = self.archived.writer.lock() => {
                 // Whoever holds the writer drains the queue, this batch included (a batch is
                 // only ever taken by a writer, which answers before it lets go).
@@ -69,71 +115,145 @@ impl StateDb {
                 self.commit_group(group).await;
             }
         }
-        shared_outcome(outcome.await)
+        group_outcome(outcome.await, op)
     }
 
     fn archived_queue(&self) -> QueueGuard<'_> {
         QueueGuard(&self.archived.pending)
     }
 
-    /// Writes the batches in one transaction and tells each caller how it went.
+    /// Writes the batches and windows in one transaction and tells each caller how it went.
     async fn commit_group(&self, group: Vec<Pending>) {
         if group.is_empty() {
             return;
         }
-        let mut retention = Vec::new();
-        let mut holds = Vec::new();
-        let mut catalogue = Vec::new();
+        let mut rows = GroupRows::default();
+        let mut windows = Vec::new();
         let mut waiting = Vec::with_capacity(group.len());
-        let now = group.iter().map(|p| p.now).max().unwrap_or_else(Utc::now);
         for p in group {
-            retention.extend(p.retention);
-            holds.extend(p.holds);
-            catalogue.extend(p.catalogue);
-            waiting.push(p.done);
+            match p.work {
+                Work::Archived {
+                    retention,
+                    holds,
+                    catalogue,
+                    now,
+                } => {
+                    rows.now = rows.now.max(Some(now));
+                    rows.retention.extend(retention);
+                    rows.holds.extend(holds);
+                    rows.catalogue.extend(catalogue);
+                    waiting.push(p.done);
+                }
+                Work::Window { commit, kind, end } => windows.push((commit, kind, end, p.done)),
+            }
         }
-        let result = self
-            .insert_archived(retention, holds, catalogue, now)
-            .await
-            .map_err(Arc::new);
-        for done in waiting {
-            // A caller that gave up waiting has nothing to be told.
-            let _ = done.send(result.clone());
+        let parts: Vec<WindowPart<'_>> = windows
+            .iter()
+            .map(|(c, kind, end, _)| (&**c, *kind, end.as_ref()))
+            .collect();
+        match self.write_group(rows, &parts).await {
+            Ok(own) => {
+                // A caller that gave up waiting has nothing to be told.
+                for done in waiting {
+                    let _ = done.send(Ok(()));
+                }
+                for ((.., done), result) in windows.into_iter().zip(own) {
+                    let _ = done.send(result.map_err(GroupError::Own));
+                }
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                let all = waiting
+                    .into_iter()
+                    .chain(windows.into_iter().map(|(.., done)| done));
+                for done in all {
+                    let _ = done.send(Err(GroupError::Shared(e.clone())));
+                }
+            }
         }
     }
 
-    async fn insert_archived(
+    /// One transaction: the batches' rows, then each window in a savepoint of its own. Returns
+    /// each window's own outcome once the transaction has committed.
+    async fn write_group(
         &self,
-        mut retention: Vec<RetentionRow>,
-        mut holds: Vec<HeldKeys>,
-        mut catalogue: Vec<CatalogueEntry>,
-        now: DateTime<Utc>,
-    ) -> Result<(), StateError> {
-        const OP: &str = "archived_insert";
+        mut rows: GroupRows,
+        windows: &[WindowPart<'_>],
+    ) -> Result<Vec<Result<(), StateError>>, StateError> {
+        const OP: &str = "group_commit";
         // Rows in key order: transactions that insert overlapping rows (a chat message
         // exported for each of its members at once, by several replicas) then take their locks
         // in the same order and wait for each other instead of deadlocking (PostgreSQL).
-        retention.sort_by(|a, b| a.storage_key.cmp(&b.storage_key));
-        catalogue.sort_by(|a, b| {
+        rows.retention
+            .sort_by(|a, b| a.storage_key.cmp(&b.storage_key));
+        rows.catalogue.sort_by(|a, b| {
             (&a.source, &a.record_key, &a.etag).cmp(&(&b.source, &b.record_key, &b.etag))
         });
-        holds.sort_by_key(|(hold, _)| *hold);
-        holds.iter_mut().for_each(|(_, keys)| keys.sort());
+        rows.holds.sort_by_key(|(hold, _)| *hold);
+        rows.holds.iter_mut().for_each(|(_, keys)| keys.sort());
         let mut tx = self.begin_write(OP).await?;
-        let now_ms = super::types::to_ms(now);
-        for chunk in retention.chunks(INSERT_CHUNK) {
+        let now_ms = super::types::to_ms(rows.now.unwrap_or_else(Utc::now));
+        for chunk in rows.retention.chunks(INSERT_CHUNK) {
             insert_retention(tx.conn(), chunk, now_ms).await?;
             insert_custodians(tx.conn(), chunk).await?;
         }
-        insert_participants(tx.conn(), retention.iter().flat_map(|r| &r.participants)).await?;
-        for (hold, keys) in &holds {
+        // Windows' participants with the batches', in one sorted set (lock order, as above).
+        let participants = rows.retention.iter().flat_map(|r| &r.participants);
+        let of_windows = windows.iter().flat_map(|(c, ..)| &c.participants);
+        insert_participants(tx.conn(), participants.chain(of_windows)).await?;
+        let now = rows.now.unwrap_or_else(Utc::now);
+        for (hold, keys) in &rows.holds {
             insert_record_holds(tx.conn(), *hold, keys, now).await?;
         }
-        for chunk in catalogue.chunks(INSERT_CHUNK) {
+        for chunk in rows.catalogue.chunks(INSERT_CHUNK) {
             insert_chunk(tx.conn(), chunk).await?;
         }
-        tx.commit(OP).await
+        let mut own = Vec::with_capacity(windows.len());
+        for (commit, kind, end) in windows {
+            own.push(window_in_savepoint(tx.conn(), commit, kind, *end).await?);
+        }
+        tx.commit(OP).await?;
+        Ok(own)
     }
+}
+
+type WindowPart<'a> = (&'a WindowCommit, &'static str, Option<&'a ScopeEnd>);
+
+/// The batches' rows of one group.
+#[derive(Default)]
+struct GroupRows {
+    retention: Vec<RetentionRow>,
+    holds: Vec<HeldKeys>,
+    catalogue: Vec<CatalogueEntry>,
+    now: Option<DateTime<Utc>>,
+}
+
+/// Writes one window inside the group transaction; its own failure rolls back only what it
+/// wrote (Ok(Err)). Err: the savepoint itself failed, and with it the group.
+async fn window_in_savepoint(
+    conn: &mut AnyConnection,
+    commit: &WindowCommit,
+    kind: &str,
+    end: Option<&ScopeEnd>,
+) -> Result<Result<(), StateError>, StateError> {
+    const OP: &str = "commit_window";
+    let run = |sql: &'static str| sqlx::query(sql);
+    run("SAVEPOINT window_commit")
+        .execute(&mut *conn)
+        .await
+        .map_err(StateError::op(OP))?;
+    let outcome = window_rows(conn, commit, kind, end).await;
+    if outcome.is_err() {
+        run("ROLLBACK TO SAVEPOINT window_commit")
+            .execute(&mut *conn)
+            .await
+            .map_err(StateError::op(OP))?;
+    }
+    run("RELEASE SAVEPOINT window_commit")
+        .execute(&mut *conn)
+        .await
+        .map_err(StateError::op(OP))?;
+    Ok(outcome)
 }
 
 /// The queue of waiting batches; its lock is never held across an await.
@@ -149,23 +269,23 @@ impl QueueGuard<'_> {
     }
 }
 
-fn shared_outcome(
-    result: Result<Result<(), Arc<StateError>>, oneshot::error::RecvError>,
+fn group_outcome(
+    result: Result<Result<(), GroupError>, oneshot::error::RecvError>,
+    op: &'static str,
 ) -> Result<(), StateError> {
     match result {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(StateError::Shared(e)),
+        Ok(Err(GroupError::Own(e))) => Err(e),
+        Ok(Err(GroupError::Shared(e))) => Err(StateError::Shared(e)),
         // The writer that took this batch was cancelled mid-transaction: nothing of it was
         // committed, and the caller retries as after any failed write.
-        Err(_) => Err(StateError::Abandoned {
-            op: "archived_insert",
-        }),
+        Err(_) => Err(StateError::Abandoned { op }),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::{HoldKind, StateDb};
+    use super::super::{HoldKind, ManifestRow, StateDb};
     use super::*;
     use crate::both_backends;
 
@@ -174,6 +294,7 @@ mod tests {
         overlapping_batches_in_any_order_never_deadlock,
         batches_that_wait_for_the_writer_commit_together,
         a_failed_group_commit_fails_every_batch_in_it,
+        windows_commit_with_the_batches_and_fail_alone,
     );
 
     /// Starts `batches` archived inserts while the writer is taken and returns once all are
@@ -181,9 +302,9 @@ mod tests {
     async fn queued_behind_the_writer(
         db: &StateDb,
         batches: Vec<(Vec<RetentionRow>, Vec<HeldKeys>, Vec<CatalogueEntry>)>,
+        want: usize,
     ) -> Vec<Result<(), StateError>> {
         let writer = db.archived.writer.lock().await;
-        let want = batches.len();
         let now = Utc::now();
         let tasks: Vec<_> = batches
             .into_iter()
@@ -195,15 +316,69 @@ mod tests {
                 })
             })
             .collect();
-        while db.archived.pending.lock().map(|p| p.len()).unwrap_or(0) < want {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        until_queued(db, want).await;
         drop(writer);
         let mut results = Vec::new();
         for task in tasks {
             results.push(task.await.expect("insert task"));
         }
         results
+    }
+
+    async fn until_queued(db: &StateDb, n: usize) {
+        while db.archived.pending.lock().map(|p| p.len()).unwrap_or(0) < n {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Window commits join the group of the batches waiting with them. One that is not the
+    /// next link of its chain fails alone, with its own error: the batches and the other
+    /// window of the group are committed, and nothing of it is.
+    async fn windows_commit_with_the_batches_and_fail_alone(db: StateDb) {
+        let now = Utc::now();
+        let good = crate::state::tests::next_commit(&db, "chats", "a").await;
+        let mut skips_a_link = crate::state::tests::next_commit(&db, "chats", "b").await;
+        skips_a_link.manifest.seq = 2;
+        let writer = db.archived.writer.lock().await;
+        let (r, c) = entry("records/chats/grouped", now);
+        let batch = {
+            let db = db.clone();
+            tokio::spawn(async move { db.archived_insert(&[r], &[], &[c], now).await })
+        };
+        let windows: Vec<_> = [good, skips_a_link]
+            .into_iter()
+            .map(|w| {
+                let db = db.clone();
+                tokio::spawn(async move { db.commit_window(&w).await })
+            })
+            .collect();
+        until_queued(&db, 3).await;
+        drop(writer);
+        batch.await.expect("task").expect("the batch is committed");
+        let mut told = Vec::new();
+        for w in windows {
+            told.push(w.await.expect("task"));
+        }
+        assert!(told[0].is_ok(), "{told:?}");
+        assert!(
+            matches!(
+                told[1],
+                Err(StateError::ManifestOutOfSequence {
+                    expected: 1,
+                    got: 2,
+                    ..
+                })
+            ),
+            "{told:?}"
+        );
+        assert_eq!(db.catalogue_count(Some("chats")).await.expect("count"), 1);
+        let seq = |m: Option<ManifestRow>| m.map(|m| m.seq);
+        assert_eq!(
+            seq(db.last_manifest("chats", "a").await.expect("a")),
+            Some(1)
+        );
+        assert_eq!(seq(db.last_manifest("chats", "b").await.expect("b")), None);
+        assert!(db.archived.pending.lock().expect("queue").is_empty());
     }
 
     async fn batches_that_wait_for_the_writer_commit_together(db: StateDb) {
@@ -214,7 +389,7 @@ mod tests {
                 (vec![r], Vec::new(), vec![c])
             })
             .collect();
-        for result in queued_behind_the_writer(&db, batches).await {
+        for result in queued_behind_the_writer(&db, batches, 12).await {
             result.expect("each batch of the group is committed");
         }
         assert_eq!(db.catalogue_count(Some("chats")).await.expect("count"), 12);
@@ -233,9 +408,26 @@ mod tests {
             (vec![good_r.clone()], Vec::new(), vec![good_c.clone()]),
             (vec![bad_r], no_such_hold, vec![bad_c]),
         ];
-        let results = queued_behind_the_writer(&db, batches).await;
+        // A window waiting with them fails with them.
+        let window = crate::state::tests::next_commit(&db, "chats", "u1").await;
+        let in_group = {
+            let db = db.clone();
+            let window = window.clone();
+            tokio::spawn(async move {
+                until_queued(&db, 2).await;
+                db.commit_window(&window).await
+            })
+        };
+        let results = queued_behind_the_writer(&db, batches, 3).await;
         assert!(results.iter().all(|r| r.is_err()), "{results:?}");
+        let told = in_group.await.expect("task");
+        assert!(matches!(told, Err(StateError::Shared(_))), "{told:?}");
         assert_eq!(db.catalogue_count(Some("chats")).await.expect("count"), 0);
+        assert!(db
+            .last_manifest("chats", "u1")
+            .await
+            .expect("read")
+            .is_none());
         assert!(db
             .retention_of("records/chats/good")
             .await

@@ -112,19 +112,11 @@ impl StateDb {
         c: &WindowCommit,
         end: Option<&ScopeEnd>,
     ) -> Result<(), StateError> {
-        const OP: &str = "commit_window";
         validate_commit(c)?;
         let kind = scope_kind_for_source(&c.source)?;
-        let mut tx = self.begin_write(OP).await?;
-        let last = last_manifest_on(tx.conn(), &c.source, &c.scope_id).await?;
-        check_chain(c, last.as_ref())?;
-        insert_manifest(tx.conn(), &c.manifest).await?;
-        super::retention::insert_participants(tx.conn(), &c.participants).await?;
-        upsert_checkpoint(tx.conn(), c, kind).await?;
-        if let Some(end) = end {
-            super::scope_end::apply(tx.conn(), end, c.new_records > 0).await?;
-        }
-        tx.commit(OP).await?;
+        // With the stored batches waiting for the writer: one commit for all of them (on
+        // SQLite every transaction's begin and commit hold the single writer).
+        self.window_in_group(c, kind, end).await?;
         tracing::debug!(
             source = %c.source,
             scope.id = %c.scope_id,
@@ -134,6 +126,24 @@ impl StateDb {
         );
         Ok(())
     }
+}
+
+/// A window's rows, in the caller's transaction: the manifest (the next link of its chain, or
+/// an error), the checkpoint and, on the scope's last window, its end.
+pub(super) async fn window_rows(
+    conn: &mut AnyConnection,
+    c: &WindowCommit,
+    kind: &str,
+    end: Option<&ScopeEnd>,
+) -> Result<(), StateError> {
+    let last = last_manifest_on(conn, &c.source, &c.scope_id).await?;
+    check_chain(c, last.as_ref())?;
+    insert_manifest(conn, &c.manifest).await?;
+    upsert_checkpoint(conn, c, kind).await?;
+    if let Some(end) = end {
+        super::scope_end::apply(conn, end, c.new_records > 0).await?;
+    }
+    Ok(())
 }
 
 fn validate_commit(c: &WindowCommit) -> Result<(), StateError> {
