@@ -32,3 +32,7 @@ FROM record_custodians c
 JOIN record_custodians u ON u.storage_key = c.storage_key AND u.kind IN ('user', 'upn')
 WHERE c.kind = 'chat'
 ON CONFLICT (chat_id, kind, id) DO NOTHING;
+
+-- Nothing reads record_retention by (source, scope): disposal walks it by key and by
+-- retain_until. The index cost every archived version one more B-tree insert.
+DROP INDEX record_retention_by_scope;

@@ -8,6 +8,7 @@
 //! budget (docs/benchmarks.md). A caller returns only once its rows are committed; when the
 //! shared transaction fails, every batch in it fails and nothing of any of them is kept.
 
+use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex as SyncMutex};
 
 use chrono::{DateTime, Utc};
@@ -19,7 +20,9 @@ use super::catalogue::{insert_chunk, INSERT_CHUNK};
 use super::checkpoints::window_rows;
 use super::holds::insert_record_holds;
 use super::retention::{insert_custodians, insert_participants, insert_retention};
-use super::{CatalogueEntry, RetentionRow, ScopeEnd, StateDb, StateError, WindowCommit};
+use super::{
+    CatalogueEntry, ChatParticipant, RetentionRow, ScopeEnd, StateDb, StateError, WindowCommit,
+};
 
 /// Which objects one hold was set on.
 pub type HeldKeys = (i64, Vec<String>);
@@ -29,7 +32,14 @@ pub type HeldKeys = (i64, Vec<String>);
 pub(crate) struct ArchivedQueue {
     pending: SyncMutex<Vec<Pending>>,
     writer: Mutex<()>,
+    /// Chat participants a committed group has recorded: rows are never deleted, so these
+    /// need not be sent again (most of a backfill's are repeats).
+    known: SyncMutex<HashSet<ChatParticipant>>,
 }
+
+/// Participants remembered at most; past it the memory starts afresh (re-sending a known
+/// one costs only a conflict check).
+const KNOWN_PARTICIPANTS: usize = 100_000;
 
 struct Pending {
     work: Work,
@@ -198,9 +208,8 @@ impl StateDb {
             insert_custodians(tx.conn(), chunk).await?;
         }
         // Windows' participants with the batches', in one sorted set (lock order, as above).
-        let participants = rows.retention.iter().flat_map(|r| &r.participants);
-        let of_windows = windows.iter().flat_map(|(c, ..)| &c.participants);
-        insert_participants(tx.conn(), participants.chain(of_windows)).await?;
+        let participants = self.unknown_participants(&rows, windows);
+        insert_participants(tx.conn(), &participants).await?;
         let now = rows.now.unwrap_or_else(Utc::now);
         for (hold, keys) in &rows.holds {
             insert_record_holds(tx.conn(), *hold, keys, now).await?;
@@ -213,8 +222,38 @@ impl StateDb {
             own.push(window_in_savepoint(tx.conn(), commit, kind, *end).await?);
         }
         tx.commit(OP).await?;
+        self.remember_participants(participants);
         Ok(own)
     }
+}
+
+impl StateDb {
+    fn unknown_participants(
+        &self,
+        rows: &GroupRows,
+        windows: &[WindowPart<'_>],
+    ) -> Vec<ChatParticipant> {
+        let known = lock(&self.archived.known);
+        let of_rows = rows.retention.iter().flat_map(|r| &r.participants);
+        let of_windows = windows.iter().flat_map(|(c, ..)| &c.participants);
+        let unknown: BTreeSet<&ChatParticipant> = of_rows
+            .chain(of_windows)
+            .filter(|p| !known.contains(*p))
+            .collect();
+        unknown.into_iter().cloned().collect()
+    }
+
+    fn remember_participants(&self, committed: Vec<ChatParticipant>) {
+        let mut known = lock(&self.archived.known);
+        if known.len() + committed.len() > KNOWN_PARTICIPANTS {
+            known.clear();
+        }
+        known.extend(committed);
+    }
+}
+
+fn lock<T>(m: &SyncMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 type WindowPart<'a> = (&'a WindowCommit, &'static str, Option<&'a ScopeEnd>);
@@ -261,11 +300,11 @@ struct QueueGuard<'a>(&'a SyncMutex<Vec<Pending>>);
 
 impl QueueGuard<'_> {
     fn push(&self, p: Pending) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(p);
+        lock(self.0).push(p);
     }
 
     fn take(&self) -> Vec<Pending> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(&mut *lock(self.0))
     }
 }
 
@@ -295,6 +334,7 @@ mod tests {
         batches_that_wait_for_the_writer_commit_together,
         a_failed_group_commit_fails_every_batch_in_it,
         windows_commit_with_the_batches_and_fail_alone,
+        participants_are_remembered_only_once_committed,
     );
 
     /// Starts `batches` archived inserts while the writer is taken and returns once all are
@@ -487,6 +527,47 @@ mod tests {
             .await
             .expect("retry");
         assert_eq!(db.catalogue_count(Some("chats")).await.expect("count"), 1);
+    }
+
+    /// A group that fails forgets nothing it did not write: its participants are sent again
+    /// by the retry, and only then remembered (and no longer sent).
+    async fn participants_are_remembered_only_once_committed(db: StateDb) {
+        let now = Utc::now();
+        let p = ChatParticipant::new("19:c", "user", "u1");
+        let (mut r, c) = entry("records/chats/p", now);
+        r.participants = vec![p.clone()];
+        let no_such_hold = vec![(987_654, vec![r.storage_key.clone()])];
+        let failed = queued_behind_the_writer(
+            &db,
+            vec![(vec![r.clone()], no_such_hold, vec![c.clone()])],
+            1,
+        )
+        .await;
+        assert!(failed[0].is_err());
+        let stored = |db: StateDb| async move {
+            let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM chat_participants")
+                .fetch_one(db.pool())
+                .await
+                .expect("count");
+            n
+        };
+        assert_eq!(stored(db.clone()).await, 0);
+        assert!(!lock(&db.archived.known).contains(&p));
+        db.archived_insert(&[r], &[], &[c], now)
+            .await
+            .expect("retry");
+        assert_eq!(stored(db.clone()).await, 1);
+        assert!(lock(&db.archived.known).contains(&p));
+        let (mut later, _) = entry("records/chats/q", now);
+        later.participants = vec![p.clone()];
+        let again = GroupRows {
+            retention: vec![later],
+            ..Default::default()
+        };
+        assert!(
+            db.unknown_participants(&again, &[]).is_empty(),
+            "known: not sent again"
+        );
     }
 
     fn entry(key: &str, now: DateTime<Utc>) -> (RetentionRow, CatalogueEntry) {

@@ -35,7 +35,9 @@ pub struct RetentionRow {
 
 /// A user taking part in a chat: `kind` is user (an id) or upn; ids are lowercased. A user
 /// hold covers every record of the chats its user takes part in (migration 0010).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct ChatParticipant {
     pub chat_id: String,
     pub kind: String,
