@@ -146,19 +146,7 @@ impl StateDb {
 
     /// Applies the embedded migrations of this backend; a no-op when they are all applied.
     pub async fn migrate(&self) -> Result<(), StateError> {
-        let migrator = match self.backend {
-            Backend::Sqlite => &SQLITE_MIGRATOR,
-            Backend::Postgres => &POSTGRES_MIGRATOR,
-        };
-        let _slot = self.writer_slot().await;
-        migrator
-            .run(&self.pool)
-            .await
-            .map_err(|source| StateError::Migrate {
-                url: self.redacted_url.to_string(),
-                hint: error::migrate_hint(&source),
-                source,
-            })?;
+        self.run_migrator(self.migrator()).await?;
         tracing::debug!(backend = ?self.backend, "state database migrations applied");
         Ok(())
     }
@@ -167,13 +155,10 @@ impl StateDb {
     /// release left it, for migration tests.
     #[cfg(test)]
     pub(crate) async fn migrate_before(&self, version: i64) -> Result<(), StateError> {
-        let all = match self.backend {
-            Backend::Sqlite => &SQLITE_MIGRATOR,
-            Backend::Postgres => &POSTGRES_MIGRATOR,
-        };
         let older = sqlx::migrate::Migrator {
             migrations: std::borrow::Cow::Owned(
-                all.migrations
+                self.migrator()
+                    .migrations
                     .iter()
                     .filter(|m| m.version < version)
                     .cloned()
@@ -181,7 +166,19 @@ impl StateDb {
             ),
             ..sqlx::migrate::Migrator::DEFAULT
         };
-        older
+        self.run_migrator(&older).await
+    }
+
+    fn migrator(&self) -> &'static sqlx::migrate::Migrator {
+        match self.backend {
+            Backend::Sqlite => &SQLITE_MIGRATOR,
+            Backend::Postgres => &POSTGRES_MIGRATOR,
+        }
+    }
+
+    async fn run_migrator(&self, migrator: &sqlx::migrate::Migrator) -> Result<(), StateError> {
+        let _slot = self.writer_slot().await;
+        migrator
             .run(&self.pool)
             .await
             .map_err(|source| StateError::Migrate {

@@ -372,26 +372,40 @@ pub(super) async fn insert_custodians(
             })
         })
         .collect();
-    for chunk in all.chunks(INSERT_CHUNK * 3) {
+    let rows: Vec<[&str; 3]> = all
+        .iter()
+        .map(|(k, kind, id)| [*k, *kind, id.as_str()])
+        .collect();
+    let insert = "INSERT INTO record_custodians (storage_key, kind, id)";
+    let conflict = "ON CONFLICT (kind, id, storage_key) DO NOTHING";
+    insert_text_rows(conn, insert, conflict, &rows, "retention_insert").await
+}
+
+/// Runs `insert VALUES (...), ... conflict` over rows of three text columns, in chunks under
+/// every backend's bind limit.
+async fn insert_text_rows(
+    conn: &mut AnyConnection,
+    insert: &str,
+    conflict: &str,
+    rows: &[[&str; 3]],
+    op: &'static str,
+) -> Result<(), StateError> {
+    for chunk in rows.chunks(INSERT_CHUNK * 3) {
         let values: Vec<String> = (0..chunk.len())
             .map(|i| format!("({})", placeholders(1 + 3 * i, 3)))
             .collect();
         let sql = bulk_sql(
             conn,
-            format!(
-                "INSERT INTO record_custodians (storage_key, kind, id) VALUES {} \
-                 ON CONFLICT (kind, id, storage_key) DO NOTHING",
-                values.join(", ")
-            ),
+            format!("{insert} VALUES {} {conflict}", values.join(", ")),
         );
         let mut query = sqlx::query(&sql);
-        for (key, kind, id) in chunk {
-            query = query.bind(*key).bind(*kind).bind(id.as_str());
+        for row in chunk {
+            query = row.iter().fold(query, |q, v| q.bind(*v));
         }
         query
             .execute(&mut *conn)
             .await
-            .map_err(StateError::op("retention_insert"))?;
+            .map_err(StateError::op(op))?;
     }
     Ok(())
 }
@@ -407,31 +421,13 @@ pub(super) async fn insert_participants<'a>(
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    for chunk in all.chunks(INSERT_CHUNK * 3) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|i| format!("({})", placeholders(1 + 3 * i, 3)))
-            .collect();
-        let sql = bulk_sql(
-            conn,
-            format!(
-                "INSERT INTO chat_participants (chat_id, kind, id) VALUES {} \
-                 ON CONFLICT (chat_id, kind, id) DO NOTHING",
-                values.join(", ")
-            ),
-        );
-        let mut query = sqlx::query(&sql);
-        for p in chunk {
-            query = query
-                .bind(p.chat_id.as_str())
-                .bind(p.kind.as_str())
-                .bind(p.id.as_str());
-        }
-        query
-            .execute(&mut *conn)
-            .await
-            .map_err(StateError::op("chat_participants_insert"))?;
-    }
-    Ok(())
+    let rows: Vec<[&str; 3]> = all
+        .iter()
+        .map(|p| [p.chat_id.as_str(), p.kind.as_str(), p.id.as_str()])
+        .collect();
+    let insert = "INSERT INTO chat_participants (chat_id, kind, id)";
+    let conflict = "ON CONFLICT (chat_id, kind, id) DO NOTHING";
+    insert_text_rows(conn, insert, conflict, &rows, "chat_participants_insert").await
 }
 
 fn retention_row(row: &AnyRow, op: &'static str) -> Result<RetentionRow, StateError> {

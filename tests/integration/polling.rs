@@ -78,12 +78,15 @@ async fn polls(state: &StateDb, users: &[String]) -> BTreeMap<String, usize> {
     out
 }
 
-/// Waits until every user was polled successfully once (the first pass's backfill).
+/// Waits until every user was polled successfully once and the first pass (the backfill,
+/// which may take several windows per user) has ended, so that its windows are not counted
+/// as polls.
 async fn wait_first_pass(state: &StateDb, daemon: &Daemon) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         // Errors until the daemon has migrated the new database: not done yet.
-        if let Some(users) = first_pass_done(state).await {
+        let users = first_pass_done(state).await;
+        if let Some(users) = users.filter(|_| daemon.log().contains("pass complete")) {
             return users;
         }
         assert!(
