@@ -5,8 +5,11 @@
 //! Batches that arrive while another is being written are committed together (group commit):
 //! the pages of every scope in flight wait for one writer on SQLite, and one transaction for
 //! all that queued, instead of one each, is what lets the writer keep up with the request
-//! budget (docs/benchmarks.md). A caller returns only once its rows are committed; when the
-//! shared transaction fails, every batch in it fails and nothing of any of them is kept.
+//! budget (docs/benchmarks.md). A completed window's manifest row, checkpoint and scope end
+//! (`commit_window_ending`) join the same group, each in a savepoint, so a window that is not
+//! the next link of its chain fails alone. A caller returns only once its rows are committed;
+//! when the shared transaction fails, every batch and window in it fails and nothing of any of
+//! them is kept.
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex as SyncMutex};
@@ -201,8 +204,9 @@ impl StateDb {
         });
         rows.holds.sort_by_key(|(hold, _)| *hold);
         rows.holds.iter_mut().for_each(|(_, keys)| keys.sort());
+        let now = rows.now.unwrap_or_else(Utc::now);
+        let now_ms = super::types::to_ms(now);
         let mut tx = self.begin_write(OP).await?;
-        let now_ms = super::types::to_ms(rows.now.unwrap_or_else(Utc::now));
         for chunk in rows.retention.chunks(INSERT_CHUNK) {
             insert_retention(tx.conn(), chunk, now_ms).await?;
             insert_custodians(tx.conn(), chunk).await?;
@@ -210,7 +214,6 @@ impl StateDb {
         // Windows' participants with the batches', in one sorted set (lock order, as above).
         let participants = self.unknown_participants(&rows, windows);
         insert_participants(tx.conn(), &participants).await?;
-        let now = rows.now.unwrap_or_else(Utc::now);
         for (hold, keys) in &rows.holds {
             insert_record_holds(tx.conn(), *hold, keys, now).await?;
         }
