@@ -1,13 +1,17 @@
 //! `validationTokens`: JWTs Graph adds to notifications with resource data, one per app and
 //! tenant. A post is genuine only if every token is signed by one of the configured signing
-//! keys (RS256), names `https://sts.windows.net/{tenant}/` as issuer and our app id as audience,
-//! and is within its validity (exp/nbf, small leeway).
+//! keys (RS256), names `https://sts.windows.net/{tenant}/` as issuer, our app id as audience
+//! and Microsoft Graph's change notification publisher as the party it was issued to (`azp`,
+//! or `appid` in v1 tokens), and is within its validity (exp/nbf, small leeway).
 
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 /// Clock skew tolerated on exp and nbf.
 const LEEWAY_SECS: u64 = 60;
+/// App id of Microsoft Graph's change notification publisher: a token Microsoft's keys signed
+/// for another app (any Entra app can get one with our app id as audience) is not Graph's.
+const GRAPH_PUBLISHER: &str = "0bf30f3b-4a52-48df-9a82-234910c4a086";
 /// Longer tokens are refused before any parsing (real ones are about 1.5 KB).
 const MAX_TOKEN_CHARS: usize = 16 * 1024;
 
@@ -28,10 +32,28 @@ pub enum TokenError {
     Issuer,
     #[error("a validation token's audience is not this application's client id")]
     Audience,
+    #[error(
+        "a validation token was not issued to Microsoft Graph's change notification publisher \
+         (azp/appid {GRAPH_PUBLISHER})"
+    )]
+    Publisher,
 }
 
 #[derive(Deserialize)]
-struct Claims {}
+struct Claims {
+    azp: Option<String>,
+    appid: Option<String>,
+}
+
+impl Claims {
+    fn publisher(&self) -> Result<(), TokenError> {
+        let party = self.azp.as_deref().or(self.appid.as_deref());
+        match party {
+            Some(p) if p.eq_ignore_ascii_case(GRAPH_PUBLISHER) => Ok(()),
+            _ => Err(TokenError::Publisher),
+        }
+    }
+}
 
 /// Checks validation tokens against the configured keys, tenant and app.
 #[derive(Clone)]
@@ -86,7 +108,7 @@ impl TokenValidator {
         let mut last = TokenError::Signature;
         for key in &self.keys {
             match decode::<Claims>(token, key, &v) {
-                Ok(_) => return Ok(()),
+                Ok(data) => return data.claims.publisher(),
                 Err(e) => match map_error(e.kind()) {
                     TokenError::Signature => last = TokenError::Signature,
                     other => return Err(other),
@@ -171,11 +193,23 @@ pub(crate) mod tests {
     pub(crate) const APP: &str = "app-1";
 
     pub(crate) fn sign(key: &rsa::RsaPrivateKey, iss: &str, aud: &str, exp_offset: i64) -> String {
+        sign_by(key, iss, aud, exp_offset, &[("azp", GRAPH_PUBLISHER)])
+    }
+
+    fn sign_by(
+        key: &rsa::RsaPrivateKey,
+        iss: &str,
+        aud: &str,
+        exp_offset: i64,
+        parties: &[(&str, &str)],
+    ) -> String {
         let now = chrono::Utc::now().timestamp();
-        let claims = serde_json::json!({
+        let mut claims = serde_json::json!({
             "iss": iss, "aud": aud, "exp": now + exp_offset, "nbf": now - 10, "iat": now - 10,
-            "azp": "0bf30f3b-4a52-48df-9a82-234910c4a086",
         });
+        for (claim, app) in parties {
+            claims[*claim] = (*app).into();
+        }
         let pem = key.to_pkcs1_pem(LineEnding::LF).unwrap();
         let ek = EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap();
         encode(&Header::new(Algorithm::RS256), &claims, &ek).unwrap()
@@ -223,6 +257,25 @@ pub(crate) mod tests {
         assert_eq!(
             v.check(&sign(test_key(), &iss(), "other", 3600)),
             Err(TokenError::Audience)
+        );
+        let stranger = "33333333-3333-4333-8333-333333333333";
+        for parties in [&[("azp", stranger)][..], &[("appid", stranger)], &[]] {
+            assert_eq!(
+                v.check(&sign_by(test_key(), &iss(), APP, 3600, parties)),
+                Err(TokenError::Publisher),
+                "{parties:?}"
+            );
+        }
+        assert_eq!(
+            v.check(&sign_by(
+                test_key(),
+                &iss(),
+                APP,
+                3600,
+                &[("appid", GRAPH_PUBLISHER)]
+            )),
+            Ok(()),
+            "v1 tokens name the publisher in appid"
         );
         assert_eq!(v.check("not.a.jwt"), Err(TokenError::Malformed));
         assert_eq!(v.check_all(&[]), Err(TokenError::Missing));

@@ -38,6 +38,9 @@ struct Forger {
     next_id: i64,
 }
 
+/// Microsoft Graph's change notification publisher, named in every genuine token.
+const GRAPH_PUBLISHER: &str = "0bf30f3b-4a52-48df-9a82-234910c4a086";
+
 impl Forger {
     /// A fresh interaction (an id nothing else has) and its exact bytes.
     fn interaction(&mut self) -> (String, Vec<u8>) {
@@ -61,12 +64,16 @@ impl Forger {
     }
 
     fn token(&self, pem: &str, audience: &str, exp_offset_s: i64) -> String {
+        self.token_by(pem, audience, exp_offset_s, GRAPH_PUBLISHER)
+    }
+
+    /// A token issued to `party` (Graph's publisher in every genuine one).
+    fn token_by(&self, pem: &str, audience: &str, exp_offset_s: i64, party: &str) -> String {
         let now = chrono::Utc::now().timestamp();
         let claims = json!({
             "aud": audience, "iss": format!("https://sts.windows.net/{TENANT}/"),
             "iat": now.min(now + exp_offset_s) - 60, "nbf": now.min(now + exp_offset_s) - 60,
-            "exp": now + exp_offset_s, "tid": TENANT,
-            "azp": "0bf30f3b-4a52-48df-9a82-234910c4a086",
+            "exp": now + exp_offset_s, "tid": TENANT, "azp": party,
         });
         let key = jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).expect("RSA key");
         jsonwebtoken::encode(
@@ -292,6 +299,19 @@ async fn hostile_posts_get_a_bare_status_and_archive_nothing() {
         body(vec![f.item(CLIENT_STATE, &plain)], vec![other_app]),
         401,
         "audience is not this application",
+    ));
+    let plain = next(&mut f);
+    let not_graph = f.token_by(
+        &f.signing_pem,
+        APP,
+        3600,
+        "44444444-4444-4444-8444-444444444444",
+    );
+    cases.push((
+        "token issued to another app than Graph's publisher",
+        body(vec![f.item(CLIENT_STATE, &plain)], vec![not_graph]),
+        401,
+        "not issued to Microsoft Graph's change notification publisher",
     ));
     let plain = next(&mut f);
     let genuine = body(vec![f.item(CLIENT_STATE, &plain)], vec![f.good_token()]);
