@@ -117,6 +117,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "notifications.lifetime",
     "notifications.renew_before",
     "notifications.sweep_interval",
+    "notifications.gap_grace",
     "notifications.max_body",
 ];
 

@@ -51,6 +51,18 @@ pub struct WindowReport {
     pub duplicates: u64,
     pub quarantined: u64,
     pub bytes_new: u64,
+    /// The earliest `createdDateTime` among the versions this window stored for the first
+    /// time: how late polling was the first to see something (notifications' gap check).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub earliest_new: Option<DateTime<Utc>>,
+}
+
+/// The earlier of two optional instants.
+pub fn earliest(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// How the checkpoint moves when the window completes.
@@ -350,6 +362,7 @@ impl Ingestor {
                 PutOutcome::Created => {
                     report.new += 1;
                     report.bytes_new += item.bytes.len() as u64;
+                    report.earliest_new = earliest(report.earliest_new, item.facts.created);
                 }
                 // Stored by an attempt that died before cataloguing: same bytes, just record it.
                 PutOutcome::AlreadyExists { existing_sha256 } if existing_sha256 == item.sha256 => {

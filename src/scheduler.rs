@@ -16,7 +16,7 @@ mod end_tests;
 
 use crate::config::ExportConfig;
 use crate::graph::GraphClient;
-use crate::ingest::{Ingestor, WindowPlan, WindowReport};
+use crate::ingest::{earliest, Ingestor, WindowPlan, WindowReport};
 use crate::sources::{Scope, ScopeKind, Source, SourceKind, Window};
 use crate::state::{Checkpoint, PollSchedule, ScopeEnd, ScopeRow, StateDb, StateError};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
@@ -118,6 +118,8 @@ pub struct WindowTotals {
     pub new: u64,
     pub duplicates: u64,
     pub quarantined: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub earliest_new: Option<DateTime<Utc>>,
 }
 
 impl WindowTotals {
@@ -128,7 +130,18 @@ impl WindowTotals {
         self.new += r.new;
         self.duplicates += r.duplicates;
         self.quarantined += r.quarantined;
+        self.earliest_new = earliest(self.earliest_new, r.earliest_new);
     }
+}
+
+/// A scope whose export in this pass stored versions never archived before.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FoundNew {
+    pub source: SourceKind,
+    pub scope_id: String,
+    pub new: u64,
+    /// The earliest `createdDateTime` among them (None if none had one).
+    pub earliest: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -150,6 +163,9 @@ pub struct PassReport {
     pub elapsed_ms: u64,
     /// Active (source, scope) pairs the schedule left for a later pass; 0 in a full pass.
     pub not_due: u64,
+    /// The scopes that stored new versions (for the notification gap check; not printed).
+    #[serde(skip)]
+    pub found_new: Vec<FoundNew>,
 }
 
 impl PassReport {
@@ -457,6 +473,15 @@ impl Scheduler {
                 *gone_ok
                     .entry((row.kind.clone(), row.id.clone()))
                     .or_insert(true) &= ok;
+            }
+            let totals = outcome.totals();
+            if totals.new > 0 {
+                report.found_new.push(FoundNew {
+                    source: source.kind(),
+                    scope_id: row.id.clone(),
+                    new: totals.new,
+                    earliest: totals.earliest_new,
+                });
             }
             match outcome {
                 ScopeOutcome::Done { report: r, .. } => {
@@ -805,6 +830,7 @@ fn merge(into: &mut WindowTotals, from: &WindowTotals) {
     into.new += from.new;
     into.duplicates += from.duplicates;
     into.quarantined += from.quarantined;
+    into.earliest_new = earliest(into.earliest_new, from.earliest_new);
 }
 
 fn log_window(src: &str, scope: &Scope, plan: &WindowPlan, r: &WindowReport, elapsed: Duration) {

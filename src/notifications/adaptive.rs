@@ -15,6 +15,7 @@
 use super::queue::SubscriptionRow;
 use super::settings::SubscriptionMode;
 use super::subscriptions::{status, PLACEHOLDER};
+use crate::scheduler::FoundNew;
 use crate::sources::SourceKind;
 use crate::state::{ScopeRow, StateDb, StateError};
 use sqlx::Row;
@@ -101,6 +102,51 @@ fn covered(c: &CopilotCheckpoint, sub: &SubscriptionRow, h: &Health, now_ms: i64
         && sub.created_at <= mark
         && !lost_since(h.last_trouble_ms)
         && !event_trouble
+}
+
+/// A user whose poll stored interactions that notifications should have brought.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gap {
+    pub user_id: String,
+    /// Versions the poll stored for the first time.
+    pub new: u64,
+    /// The earliest `createdDateTime` among them (epoch ms).
+    pub earliest_ms: i64,
+}
+
+/// Gaps in notifications a pass revealed: a Copilot poll stored, for the first time, an
+/// interaction created while the user's subscription was live, already `grace` old when the
+/// pass began, and newer than the latest trouble already known (that one has had its
+/// catch-up). Judged only while notifications were healthy before the pass and unfiltered (a
+/// `$filter` leaves interactions out on purpose). Conservative: only the earliest new
+/// interaction of each user is looked at, so an old straggler hides newer losses from this
+/// check (the sweep still archives them).
+pub fn gaps(
+    h: &Health,
+    found: &[FoundNew],
+    filtered: bool,
+    grace: Duration,
+    pass_start_ms: i64,
+) -> Vec<Gap> {
+    if filtered || !h.healthy(pass_start_ms) {
+        return Vec::new();
+    }
+    let live = h.live_by_user(pass_start_ms);
+    let settled = pass_start_ms.saturating_sub(ms(grace));
+    found
+        .iter()
+        .filter(|f| f.source == SourceKind::Copilot)
+        .filter_map(|f| {
+            let earliest = f.earliest?.timestamp_millis();
+            let sub = live.get(f.scope_id.as_str())?;
+            let unexplained = h.last_trouble_ms.is_none_or(|t| earliest > t);
+            (sub.created_at <= earliest && earliest <= settled && unexplained).then(|| Gap {
+                user_id: f.scope_id.clone(),
+                new: f.new,
+                earliest_ms: earliest,
+            })
+        })
+        .collect()
 }
 
 /// Which Copilot users a regular pass leaves out.
@@ -222,6 +268,72 @@ mod tests {
             1,
             "trouble already swept"
         );
+    }
+
+    fn found(user: &str, earliest: i64) -> FoundNew {
+        FoundNew {
+            source: SourceKind::Copilot,
+            scope_id: user.into(),
+            new: 3,
+            earliest: chrono::DateTime::from_timestamp_millis(earliest),
+        }
+    }
+
+    #[test]
+    fn a_poll_storing_what_notifications_should_have_brought_is_a_gap() {
+        let subs = vec![sub("a", NOW - 60 * MIN), sub("b", NOW - 20 * MIN)];
+        let h = health(&subs);
+        let grace = Duration::from_secs(600);
+        let polled = vec![
+            // Created while subscribed, 15 min before the pass: lost on the way.
+            found("a", NOW - 15 * MIN),
+            // Created before b's subscription existed: polling's job, not a loss.
+            found("b", NOW - 30 * MIN),
+            // No subscription for c.
+            found("c", NOW - 15 * MIN),
+        ];
+        let gaps = gaps(&h, &polled, false, grace, NOW);
+        assert_eq!(
+            gaps,
+            vec![Gap {
+                user_id: "a".into(),
+                new: 3,
+                earliest_ms: NOW - 15 * MIN
+            }]
+        );
+        let young = [found("a", NOW - 5 * MIN)];
+        assert!(
+            super::gaps(&h, &young, false, grace, NOW).is_empty(),
+            "younger than the grace: its notification may be on its way"
+        );
+        let other = FoundNew {
+            source: SourceKind::Chats,
+            ..found("a", NOW - 15 * MIN)
+        };
+        assert!(super::gaps(&h, &[other], false, grace, NOW).is_empty());
+        let lost = [found("a", NOW - 15 * MIN)];
+        assert!(
+            super::gaps(&h, &lost, true, grace, NOW).is_empty(),
+            "a $filter leaves interactions out on purpose"
+        );
+        let known = Health {
+            last_trouble_ms: Some(NOW - 14 * MIN),
+            ..h
+        };
+        assert!(
+            super::gaps(&known, &lost, false, grace, NOW).is_empty(),
+            "already explained by a catch-up asked after it"
+        );
+        let before = Health {
+            last_trouble_ms: Some(NOW - 16 * MIN),
+            ..h
+        };
+        assert_eq!(super::gaps(&before, &lost, false, grace, NOW).len(), 1);
+        let down = Health {
+            receiver_up: false,
+            ..h
+        };
+        assert!(super::gaps(&down, &lost, false, grace, NOW).is_empty());
     }
 
     #[test]

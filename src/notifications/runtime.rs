@@ -6,7 +6,7 @@
 use super::adaptive::{self, Health, PollPlan};
 use super::catchup::{CatchUp, CatchUpScope};
 use super::payload::{DecryptionKey, Verifier};
-use super::queue::NotificationQueue;
+use super::queue::{NotificationQueue, SubscriptionRow};
 use super::receiver::{self, Receiver, ReceiverLimits};
 use super::settings::{NotificationsConfig, SubscriptionMode};
 use super::subscriptions::Manager;
@@ -23,6 +23,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
+
+/// What the adaptive decisions read before a pass (`Notifications::observe`).
+struct Observed {
+    subscriptions: Vec<SubscriptionRow>,
+    checkpoints: Vec<adaptive::CopilotCheckpoint>,
+    receiver_up: bool,
+    oldest_pending_ms: Option<i64>,
+    last_trouble_ms: Option<i64>,
+    at_ms: i64,
+}
 
 /// Catch-up passes start at most this often (a burst of events makes one pass, not many).
 const CATCH_UP_GAP: Duration = Duration::from_secs(2);
@@ -158,13 +168,25 @@ impl Notifications {
     /// Discovery when due, then a pass over the scopes due (`scheduler::due`) that leaves out
     /// the Copilot polls notifications cover. Catch-up requests made before it are answered by
     /// it if it polled every scope (a first start); otherwise the catch-up pass answers them.
+    /// A poll that stores what notifications should have brought asks for a catch-up (gap).
     pub async fn daemon_pass(
         &self,
         app: &App,
         last_discovery: &mut Option<Instant>,
         cancel: &CancellationToken,
     ) -> Result<PassReport, AppError> {
-        let plan = self.poll_plan(app).await;
+        let observed = match self.observe(app).await {
+            Ok(o) => Some(o),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot judge notification health; polling every user due");
+                None
+            }
+        };
+        let plan = PollPlan {
+            skip: (observed.as_ref())
+                .map(|o| adaptive::skippable(&self.health(o), &o.checkpoints, o.at_ms))
+                .unwrap_or_default(),
+        };
         let pending = self.catch_up.take();
         let report = app
             .daemon_pass_where(last_discovery, cancel, &|kind, row| plan.keep(kind, row))
@@ -178,6 +200,9 @@ impl Notifications {
             }
         }
         let report = report?;
+        if let Some(o) = &observed {
+            self.check_gaps(o, &report);
+        }
         if !plan.skip.is_empty() {
             crate::ops::metrics::polls_skipped(
                 SourceKind::Copilot.as_str(),
@@ -194,35 +219,58 @@ impl Notifications {
         Ok(report)
     }
 
-    /// Which Copilot polls the next pass may skip.
-    async fn poll_plan(&self, app: &App) -> PollPlan {
-        let skip = match self.skippable(app).await {
-            Ok(skip) => skip,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot judge notification health; polling every user due");
-                Default::default()
-            }
-        };
-        PollPlan { skip }
-    }
-
-    async fn skippable(
-        &self,
-        app: &App,
-    ) -> Result<std::collections::BTreeSet<String>, crate::state::StateError> {
-        let subscriptions = self.queue.subscriptions().await?;
-        let checkpoints = adaptive::copilot_checkpoints(&app.state).await?;
-        let health = Health {
-            mode: self.cfg.mode,
+    /// What the adaptive decisions read, before a pass.
+    async fn observe(&self, app: &App) -> Result<Observed, crate::state::StateError> {
+        Ok(Observed {
+            subscriptions: self.queue.subscriptions().await?,
+            checkpoints: adaptive::copilot_checkpoints(&app.state).await?,
             receiver_up: self.receiver_up.load(Ordering::SeqCst),
             oldest_pending_ms: self.queue.oldest_pending().await?,
             last_trouble_ms: self.catch_up.last_requested().map(|t| t.timestamp_millis()),
-            subscriptions: &subscriptions,
+            at_ms: chrono::Utc::now().timestamp_millis(),
+        })
+    }
+
+    fn health<'a>(&self, o: &'a Observed) -> Health<'a> {
+        Health {
+            mode: self.cfg.mode,
+            receiver_up: o.receiver_up,
+            oldest_pending_ms: o.oldest_pending_ms,
+            last_trouble_ms: o.last_trouble_ms,
+            subscriptions: &o.subscriptions,
             sweep_interval: self.cfg.sweep_interval,
             renew_before: self.cfg.renew_before,
+        }
+    }
+
+    /// Interactions that polling stored first although notifications were healthy and the
+    /// user subscribed: notifications were lost without a `missed` event (a proxy that
+    /// dropped posts, a receiver that answered 202 from a restored backup), and other users
+    /// may have lost theirs too. Sweep everyone now instead of at each user's next sweep.
+    fn check_gaps(&self, o: &Observed, report: &PassReport) {
+        let gaps = adaptive::gaps(
+            &self.health(o),
+            &report.found_new,
+            self.cfg.filter.is_some(),
+            self.cfg.gap_grace,
+            o.at_ms,
+        );
+        let Some(first) = gaps.first() else {
+            return;
         };
-        let now = chrono::Utc::now().timestamp_millis();
-        Ok(adaptive::skippable(&health, &checkpoints, now))
+        let earliest = chrono::DateTime::from_timestamp_millis(first.earliest_ms)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default();
+        tracing::warn!(
+            users = gaps.len(),
+            interactions = gaps.iter().map(|g| g.new).sum::<u64>(),
+            user.id = %first.user_id,
+            created = %earliest,
+            "gap in notifications: polling stored interactions created while the user was subscribed that no notification brought; sweeping every user now"
+        );
+        crate::ops::metrics::notification_gaps(gaps.len() as u64);
+        self.catch_up
+            .request(CatchUpScope::All, "gap in notifications");
     }
 
     /// Returns once a catch-up is pending and the minimum gap since the last one has passed.

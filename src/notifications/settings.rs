@@ -46,6 +46,8 @@ pub struct NotificationSettings {
     pub renew_before: Duration,
     #[serde(default = "default_sweep_interval", with = "humantime_serde")]
     pub sweep_interval: Duration,
+    #[serde(default = "default_gap_grace", with = "humantime_serde")]
+    pub gap_grace: Duration,
     #[serde(default = "default_max_body")]
     pub max_body: usize,
 }
@@ -77,6 +79,7 @@ impl Default for NotificationSettings {
             lifetime: default_lifetime(),
             renew_before: default_renew_before(),
             sweep_interval: default_sweep_interval(),
+            gap_grace: default_gap_grace(),
             max_body: default_max_body(),
         }
     }
@@ -93,6 +96,9 @@ fn default_renew_before() -> Duration {
 }
 fn default_sweep_interval() -> Duration {
     Duration::from_secs(6 * 3600)
+}
+fn default_gap_grace() -> Duration {
+    Duration::from_secs(10 * 60)
 }
 fn default_max_body() -> usize {
     1024 * 1024
@@ -136,6 +142,9 @@ pub struct NotificationsConfig {
     pub lifetime: Duration,
     pub renew_before: Duration,
     pub sweep_interval: Duration,
+    /// How old an interaction that polling was the first to store must be to count as a gap
+    /// in notifications (younger ones may still be on their way).
+    pub gap_grace: Duration,
     pub max_body: usize,
 }
 
@@ -152,6 +161,7 @@ impl std::fmt::Debug for NotificationsConfig {
             .field("lifetime", &self.lifetime)
             .field("renew_before", &self.renew_before)
             .field("sweep_interval", &self.sweep_interval)
+            .field("gap_grace", &self.gap_grace)
             .field("max_body", &self.max_body)
             .finish_non_exhaustive()
     }
@@ -225,6 +235,7 @@ impl NotificationSettings {
             lifetime: self.lifetime,
             renew_before: self.renew_before,
             sweep_interval: self.sweep_interval,
+            gap_grace: self.gap_grace,
             max_body: self.max_body,
         }))
     }
@@ -381,6 +392,9 @@ fn check_timing(s: &NotificationSettings, export: &ExportConfig) -> Result<(), C
             "sweep_interval",
             "must be at least export.poll_interval and at most 7d",
         ));
+    }
+    if s.gap_grace < Duration::from_secs(1) || s.gap_grace > Duration::from_secs(7 * 86_400) {
+        return Err(key_err("gap_grace", "must be at least 1s and at most 7d"));
     }
     Ok(())
 }
@@ -593,6 +607,11 @@ start = "2024-01-01T00:00:00Z"
                 "enabled = true".into(),
                 "enabled = true\nsweep_interval = \"1m\"".into(),
                 "notifications.sweep_interval",
+            ),
+            (
+                "enabled = true".into(),
+                "enabled = true\ngap_grace = \"0s\"".into(),
+                "notifications.gap_grace",
             ),
             (
                 "enabled = true".into(),

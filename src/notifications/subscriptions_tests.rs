@@ -173,6 +173,7 @@ fn config(mode: SubscriptionMode) -> NotificationsConfig {
         lifetime: Duration::from_secs(2 * 86_400),
         renew_before: Duration::from_secs(12 * 3600),
         sweep_interval: Duration::from_secs(6 * 3600),
+        gap_grace: Duration::from_secs(600),
         max_body: 1 << 20,
     }
 }

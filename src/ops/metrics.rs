@@ -51,6 +51,7 @@ pub mod names {
     pub const SUBSCRIPTIONS: &str = "m365_archiver_subscriptions";
     pub const SUBSCRIPTION_CHANGES: &str = "m365_archiver_subscription_changes_total";
     pub const POLLS_SKIPPED: &str = "m365_archiver_polls_skipped_total";
+    pub const NOTIFICATION_GAPS: &str = "m365_archiver_notification_gaps_total";
     pub const PASS_SCOPES: &str = "m365_archiver_pass_scopes";
     pub const READY: &str = "m365_archiver_ready";
     pub const BUILD_INFO: &str = "m365_archiver_build_info";
@@ -380,6 +381,10 @@ fn describe_notifications() {
         POLLS_SKIPPED,
         "Scope polls skipped because change notifications were healthy for that scope (each saves at least one Graph request), by source."
     );
+    describe_counter!(
+        NOTIFICATION_GAPS,
+        "Users whose poll stored Copilot interactions that notifications should have brought (each such pass asks for a catch-up of every user)."
+    );
 }
 
 /// A notification post that was queued: `accepted` items, and the reasons of dropped ones.
@@ -417,6 +422,11 @@ pub fn subscription_change(event: &str) {
 /// Scopes of `source` not polled in a pass because notifications covered them.
 pub fn polls_skipped(source: &str, n: u64) {
     counter!(POLLS_SKIPPED, "source" => source.to_string()).increment(n);
+}
+
+/// Users whose poll revealed notifications lost without a `missed` event.
+pub fn notification_gaps(users: u64) {
+    counter!(NOTIFICATION_GAPS).increment(users);
 }
 
 /// How many scopes of `source` the last daemon pass found due, and how many it left for later.
@@ -563,6 +573,7 @@ mod tests {
             duplicates: 4,
             quarantined: 1,
             bytes_new: 600,
+            earliest_new: None,
         };
         let text = local(|| {
             window_archived("copilot", &catch_up, &report);

@@ -120,6 +120,52 @@ async fn dropped_notifications_are_swept_up() {
     daemon.stop().await;
 }
 
+/// Every notification lost and nothing tells the daemon (no `missed`): the first relaxed
+/// poll that stores interactions created while their users were subscribed is a gap, and the
+/// daemon sweeps every user at once (a catch-up pass for the gap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_in_notifications_sweeps_every_user() {
+    let ne = notifications_env_with(Db::Sqlite, sim_config(4, 4), "5s", "gap_grace = \"1s\"").await;
+    let env = &ne.env;
+    let daemon = start_daemon(env, "1s");
+    let subs = wait_for_subscriptions(env, 4, &daemon).await;
+    daemon
+        .wait_for_nth("copilot polling relaxed", 1, Duration::from_secs(60))
+        .await;
+    assert_eq!(daemon.count("gap in notifications"), 0, "{}", daemon.log());
+    env.sim_put(
+        "/_sim/notifications/drop",
+        serde_json::json!({"probability": 1.0, "seed": 5}),
+    )
+    .await;
+    let made = stream(env, &users_of(&subs), 4, 2).await;
+    assert_eq!(
+        dropped(env).await.len(),
+        2 * made,
+        "every prompt and response lost"
+    );
+    wait_exact(env, Duration::from_secs(30), &daemon).await;
+    daemon
+        .wait_for_nth(
+            "gap in notifications: polling stored",
+            1,
+            Duration::from_secs(15),
+        )
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !(daemon.log().lines())
+        .any(|l| l.contains("catch-up pass") && l.contains("gap in notifications"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no catch-up pass for the gap; log:\n{}",
+            daemon.log()
+        );
+        sleep_ms(100).await;
+    }
+    daemon.stop().await;
+}
+
 /// Lost notifications followed by Graph's `missed` lifecycle event: with polling an hour away,
 /// the archive lacks exactly the dropped records until `missed` arrives, then the catch-up pass
 /// brings it to the ground truth.
