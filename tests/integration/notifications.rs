@@ -250,6 +250,69 @@ async fn new_interactions_arrive_by_notification_and_removed_subscriptions_come_
     daemon.stop().await;
 }
 
+/// Graph asks for reauthorization: the daemon reauthorizes the subscription (Graph clears
+/// the flag), nothing is recreated, and notifications keep bringing new interactions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reauthorization_required_is_answered_and_delivery_goes_on() {
+    let env = notifications_env(2, "2h").await;
+    let daemon = start_daemon(&env, "1h");
+    let subs = wait_for_subscriptions(&env, 2, &daemon).await;
+    daemon
+        .wait_for_nth("pass complete", 1, Duration::from_secs(60))
+        .await;
+    let (id, user) = subs[0].clone();
+    env.sim_post(
+        &format!("/_sim/notifications/subscriptions/{id}/lifecycle"),
+        serde_json::json!({"event": "reauthorizationRequired"}),
+    )
+    .await;
+    let pending = |list: &serde_json::Value| {
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["id"] == id.as_str())
+            .map(|s| s["reauthorization_required"] == true)
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let list = get_json(&env, "/_sim/notifications/subscriptions").await;
+        match pending(&list) {
+            Some(false) if daemon.count("reauthorizationRequired") > 0 => break,
+            None => panic!("subscription {id} gone: {list}; log:\n{}", daemon.log()),
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not reauthorized: {list}; log:\n{}",
+            daemon.log()
+        );
+        sleep_ms(100).await;
+    }
+    assert_eq!(sim_subscriptions(&env).await.len(), 2, "nothing recreated");
+    let created = chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string();
+    let made = env
+        .sim_post(
+            "/_sim/interactions",
+            serde_json::json!({"user_id": user, "created": created, "with_response": true}),
+        )
+        .await;
+    let records: Vec<TruthRecord> =
+        serde_json::from_value(made["records"].clone()).expect("created records");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !archived(&env, &records).await {
+        assert!(
+            Instant::now() < deadline,
+            "not archived by notification after reauthorization; log:\n{}",
+            daemon.log()
+        );
+        sleep_ms(100).await;
+    }
+    assert_eq!(daemon.count("catch-up pass"), 0, "{}", daemon.log());
+    daemon.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthy_notifications_relax_copilot_polling() {
     let env = notifications_env(3, "1h").await;
