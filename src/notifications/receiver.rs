@@ -8,6 +8,9 @@
 //!   for something not yet durable.
 //! - Anything refused gets a bare status and no body: the reason goes to the log, never to the
 //!   caller.
+//! - Connections (`serve`): HTTP/1.1 only (what the reverse proxy speaks), at most
+//!   `max_connections` at once, each request head read within `header_timeout` (`axum::serve`
+//!   has neither, so a slow or idle client could hold connections for ever).
 
 use super::payload::{Rejection, Verifier};
 use super::queue::NotificationQueue;
@@ -18,10 +21,15 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 /// Longest validation token echoed back (Graph's are far shorter).
 const MAX_VALIDATION_TOKEN: usize = 4096;
@@ -32,6 +40,10 @@ pub struct ReceiverLimits {
     pub max_body: usize,
     /// Reading the body, checking and queueing it: all inside this.
     pub deadline: Duration,
+    /// A request head (also the next one on a kept-alive connection) must arrive within this.
+    pub header_timeout: Duration,
+    /// Connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 impl Default for ReceiverLimits {
@@ -40,7 +52,64 @@ impl Default for ReceiverLimits {
             max_body: 1024 * 1024,
             // Below Graph's 3 s, leaving time for the network.
             deadline: Duration::from_millis(2500),
+            header_timeout: Duration::from_secs(10),
+            max_connections: 256,
         }
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown`, within `limits`' connection limits. Requests
+/// in flight at shutdown are answered (a cut one was never answered 202: Graph retries it).
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: ReceiverLimits,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => permit,
+            () = shutdown.cancelled() => return,
+        };
+        let Ok(permit) = permit else { return };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.cancelled() => return,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: pause instead of spinning.
+                tracing::warn!(error = %e, "notification receiver cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _slot = permit;
+            let mut http = http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout);
+            let conn = http.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let finished = tokio::select! {
+                result = conn.as_mut() => Some(result),
+                () = shutdown.cancelled() => None,
+            };
+            let result = match finished {
+                Some(result) => result,
+                None => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "notification receiver connection ended with an error");
+            }
+        });
     }
 }
 
@@ -170,20 +239,26 @@ mod tests {
     const PLAIN: &str = r#"{"id":"17","etag":"17","createdDateTime":"2024-11-15T20:16:41.008Z"}"#;
 
     async fn spawn() -> (String, NotificationQueue, tempfile::TempDir) {
+        spawn_with(ReceiverLimits {
+            max_body: 64 * 1024,
+            ..Default::default()
+        })
+        .await
+    }
+
+    async fn spawn_with(limits: ReceiverLimits) -> (String, NotificationQueue, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let queue = NotificationQueue::new(testing::sqlite_in(dir.path()).await.unwrap());
         let rx = Receiver {
             verifier: Arc::new(verifier()),
             queue: queue.clone(),
             wake: Arc::new(Notify::new()),
-            limits: ReceiverLimits {
-                max_body: 64 * 1024,
-                ..Default::default()
-            },
+            limits,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router(rx)).await });
+        let app = router(rx);
+        tokio::spawn(serve(listener, app, limits, CancellationToken::new()));
         (format!("http://{addr}"), queue, dir)
     }
 
@@ -243,5 +318,47 @@ mod tests {
             );
         }
         assert_eq!(queue.pending().await.unwrap(), 0);
+    }
+
+    /// A client that opens connections and never finishes a request head: each is closed
+    /// after `header_timeout`, and while `max_connections` are held a genuine post waits for a
+    /// slot instead of the receiver taking connections without bound.
+    #[tokio::test]
+    async fn slow_clients_are_cut_off_and_connections_are_capped() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let limits = ReceiverLimits {
+            header_timeout: Duration::from_millis(300),
+            max_connections: 2,
+            ..Default::default()
+        };
+        let (base, queue, _d) = spawn_with(limits).await;
+        let addr = base.trim_start_matches("http://").to_owned();
+        let mut slow = Vec::new();
+        for _ in 0..2 {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            s.write_all(b"POST /notifications HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .unwrap();
+            slow.push(s);
+        }
+        let started = std::time::Instant::now();
+        let resp = reqwest::Client::new()
+            .post(format!("{base}/notifications"))
+            .body(body_of(vec![change(STATE, PLAIN)], vec![token()]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+        assert!(
+            started.elapsed() >= Duration::from_millis(250),
+            "the post waited for a slot: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(queue.pending().await.unwrap(), 1);
+        for mut s in slow {
+            let mut buf = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+            assert!(read.is_ok(), "the slow connection was closed");
+        }
     }
 }

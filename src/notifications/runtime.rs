@@ -155,13 +155,9 @@ impl Notifications {
         let (up, cancel) = (self.receiver_up.clone(), tasks.clone());
         up.store(true, Ordering::SeqCst);
         tokio::spawn(async move {
-            let served = axum::serve(listener, receiver::router(rx))
-                .with_graceful_shutdown(async move { cancel.cancelled().await })
-                .await;
+            let limits = rx.limits;
+            receiver::serve(listener, receiver::router(rx), limits, cancel).await;
             up.store(false, Ordering::SeqCst);
-            if let Err(e) = served {
-                tracing::error!(error = %e, "notification receiver stopped; polling continues at the normal interval");
-            }
         });
     }
 
