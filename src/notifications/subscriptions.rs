@@ -322,9 +322,14 @@ impl Manager {
         Ok(desired(&self.cfg, &users))
     }
 
-    /// `GET /subscriptions` (all pages), keeping ours: our notification URL, a Copilot resource.
+    /// `GET /subscriptions` (all pages), keeping ours: a Copilot resource with our notification
+    /// URL, or one our state database records (made before `notification_url` changed).
     pub async fn list_ours(&self) -> Result<Vec<RemoteSubscription>, ManagerError> {
         let ours_url = self.cfg.notification_url.as_str().trim_end_matches('/');
+        let recorded: HashSet<String> = (self.queue.subscriptions().await?)
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
         let mut next = Some(self.url(&["subscriptions"]));
         let mut out = Vec::new();
         while let Some(url) = next {
@@ -335,10 +340,9 @@ impl Manager {
                         path: url.path().to_owned(),
                         problem: e.to_string(),
                     })?;
-                let mine = s
-                    .notification_url
-                    .as_deref()
-                    .is_some_and(|u| u.trim_end_matches('/') == ours_url);
+                let mine = recorded.contains(&s.id)
+                    || (s.notification_url.as_deref())
+                        .is_some_and(|u| u.trim_end_matches('/') == ours_url);
                 if mine && norm(&s.resource).starts_with("copilot/") {
                     out.push(s);
                 }
@@ -360,14 +364,12 @@ impl Manager {
             }
         }
         let mut by_resource: HashMap<String, Vec<RemoteSubscription>> = HashMap::new();
-        let mut strays = Vec::new();
         for r in remote {
-            // Made with a retired certificate: its notifications no longer decrypt.
-            if r.certificate_id
-                .as_ref()
-                .is_some_and(|c| *c != self.cfg.certificate_id)
-            {
-                strays.push(r);
+            if self.outdated(&r) {
+                // Before any create: Graph may allow one subscription per resource and app.
+                tracing::info!(subscription.id = %r.id, resource = %r.resource, "deleting a subscription of ours made with a notification URL or certificate the configuration no longer has; it is made again");
+                self.delete_remote(&r.id).await;
+                self.queue.delete_subscription(&r.id).await?;
             } else {
                 by_resource.entry(norm(&r.resource)).or_default().push(r);
             }
@@ -381,13 +383,22 @@ impl Manager {
                 None => self.create(&d).await?,
             }
         }
-        for stray in by_resource.into_values().flatten().chain(strays) {
-            tracing::info!(subscription.id = %stray.id, resource = %stray.resource, "deleting a subscription of ours that the configuration no longer asks for (other user, mode, filter or certificate)");
+        for stray in by_resource.into_values().flatten() {
+            tracing::info!(subscription.id = %stray.id, resource = %stray.resource, "deleting a subscription of ours that the configuration no longer asks for (other user, mode or filter)");
             self.delete_remote(&stray.id).await;
             self.queue.delete_subscription(&stray.id).await?;
         }
         self.next_reconcile = Some(Instant::now() + RECONCILE_EVERY);
         Ok(())
+    }
+
+    /// Made with a retired certificate (its notifications no longer decrypt) or sending to a
+    /// notification URL the configuration no longer has (the receiver moved).
+    fn outdated(&self, r: &RemoteSubscription) -> bool {
+        let url = self.cfg.notification_url.as_str().trim_end_matches('/');
+        let cert = (r.certificate_id.as_ref()).is_some_and(|c| *c != self.cfg.certificate_id);
+        let moved = (r.notification_url.as_deref()).is_some_and(|u| u.trim_end_matches('/') != url);
+        cert || moved
     }
 
     /// Keeps the longest-lived of our subscriptions on a resource, deletes the others.

@@ -306,6 +306,54 @@ async fn reconcile_adopts_ours_creates_missing_and_deletes_strays() {
     assert_eq!(rig.fake.lock().unwrap().creates, 2);
 }
 
+/// The receiver moved (`notification_url` changed): the subscriptions the state database
+/// records under the old URL are deleted before their users' are made again under the new one;
+/// a subscription on the old URL that we never recorded is someone else's and stays.
+#[tokio::test]
+async fn a_changed_notification_url_replaces_our_subscriptions() {
+    let rig = Rig::new(&["a", "b"]).await;
+    rig.remote(
+        "foreign",
+        &user_resource("a"),
+        "https://old.example/hook",
+        30,
+    );
+    rig.manager(SubscriptionMode::Users, "me").tick().await;
+    let old: Vec<String> = rig.rows().await.into_iter().map(|r| r.id).collect();
+    assert_eq!(old.len(), 2);
+    let moved = "https://archiver2.contoso.com/notifications";
+    let mut cfg = config(SubscriptionMode::Users);
+    cfg.notification_url = Url::parse(moved).unwrap();
+    let mut m = Manager::new(
+        rig.graph.clone(),
+        rig.queue.clone(),
+        cfg,
+        "me".into(),
+        Duration::from_secs(60),
+        rig.catch_up.clone(),
+    );
+    m.tick().await;
+    {
+        let fake = rig.fake.lock().unwrap();
+        for id in &old {
+            assert!(!fake.subs.contains_key(id), "{id} deleted");
+        }
+        let urls: Vec<&str> = (fake.subs.values())
+            .filter(|s| s["id"] != "foreign")
+            .map(|s| s["notificationUrl"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(urls, [moved, moved], "made again under the new URL");
+        assert!(
+            fake.subs.contains_key("foreign"),
+            "someone else's left alone"
+        );
+        assert_eq!(fake.creates, 4);
+    }
+    let rows = rig.rows().await;
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| !old.contains(&r.id)), "{rows:?}");
+}
+
 #[tokio::test]
 async fn a_create_with_a_lost_answer_is_adopted_not_duplicated() {
     let rig = Rig::new(&["a"]).await;
