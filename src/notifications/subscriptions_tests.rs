@@ -184,13 +184,17 @@ struct Rig {
     state: StateDb,
     queue: NotificationQueue,
     catch_up: Arc<CatchUp>,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Rig {
     async fn new(users: &[&str]) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let state = testing::sqlite_in(dir.path()).await.unwrap();
+        Rig::on(state, Some(dir), users).await
+    }
+
+    async fn on(state: StateDb, dir: Option<tempfile::TempDir>, users: &[&str]) -> Rig {
         let (fake, graph) = start_fake().await;
         let rig = Rig {
             fake,
@@ -499,12 +503,15 @@ async fn a_refused_create_is_marked_failed_asks_polling_and_backs_off() {
     );
 }
 
-#[tokio::test]
-async fn only_the_lease_holder_acts_and_departed_users_lose_their_subscription() {
-    let rig = Rig::new(&["a", "b"]).await;
+crate::both_backends!(only_the_lease_holder_acts_and_departed_users_lose_their_subscription);
+
+/// Two replicas' managers tick at the same moment on one state database: one takes the
+/// lease and creates, the other does nothing.
+async fn only_the_lease_holder_acts_and_departed_users_lose_their_subscription(db: StateDb) {
+    let rig = Rig::on(db, None, &["a", "b"]).await;
     let mut first = rig.manager(SubscriptionMode::Users, "replica-1");
     let mut second = rig.manager(SubscriptionMode::Users, "replica-2");
-    first.tick().await;
+    tokio::join!(first.tick(), second.tick());
     second.tick().await;
     assert_eq!(
         rig.fake.lock().unwrap().creates,
@@ -515,6 +522,7 @@ async fn only_the_lease_holder_acts_and_departed_users_lose_their_subscription()
 
     rig.users(&["a"]).await;
     first.tick().await;
+    second.tick().await;
     assert_eq!(rig.remote_users(), [user_resource("a")]);
     let rows = rig.rows().await;
     assert_eq!(rows.len(), 1);
