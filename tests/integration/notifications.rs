@@ -343,6 +343,69 @@ pub(crate) async fn interactions_requests(env: &Env) -> u64 {
         .unwrap_or(0)
 }
 
+/// `cert new` as an operator runs it: the lines it prints make a configuration `config check`
+/// accepts, the private key is 0600 and never printed, and a second run refuses to overwrite.
+#[tokio::test]
+async fn cert_new_prints_the_configuration_it_made() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = notifications_env(1, "2h").await;
+    let out = env.dir.path().join("fresh");
+    let out_arg = out.display().to_string();
+    let made = env
+        .command(&["cert", "new", "--out", &out_arg, "--days", "30"])
+        .output()
+        .await
+        .expect("cert new");
+    let said = text(&made);
+    assert_eq!(made.status.code(), Some(0), "{said}");
+    let key_pem = std::fs::read_to_string(out.join("private-key.pem")).expect("key");
+    let mode = std::fs::metadata(out.join("private-key.pem"))
+        .expect("key metadata")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let body = key_pem.lines().nth(1).expect("a PEM body line");
+    assert!(!said.contains(body), "the private key is never printed");
+    let lines: Vec<&str> = (said.lines())
+        .filter(|l| {
+            ["certificate =", "private_key =", "certificate_id ="]
+                .iter()
+                .any(|k| l.starts_with(k))
+        })
+        .collect();
+    assert_eq!(lines.len(), 3, "{said}");
+    let config = std::fs::read_to_string(&env.config).expect("config");
+    let swapped: String = (config.lines())
+        .map(|l| {
+            let key = l.split(" =").next().unwrap_or_default();
+            lines
+                .iter()
+                .find(|n| n.split(" =").next() == Some(key))
+                .copied()
+                .unwrap_or(l)
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_ne!(swapped, config);
+    std::fs::write(&env.config, swapped).expect("write config");
+    let check = env
+        .command(&["config", "check"])
+        .output()
+        .await
+        .expect("check");
+    assert_eq!(check.status.code(), Some(0), "{}", text(&check));
+
+    let again = env
+        .command(&["cert", "new", "--out", &out_arg])
+        .output()
+        .await
+        .expect("cert new again");
+    assert_ne!(again.status.code(), Some(0), "{}", text(&again));
+    assert!(text(&again).contains("exists"), "{}", text(&again));
+    let key_after = std::fs::read_to_string(out.join("private-key.pem")).expect("key");
+    assert_eq!(key_after, key_pem, "never overwritten");
+}
+
 #[tokio::test]
 async fn a_bad_notifications_key_stops_with_78_naming_it() {
     let env = notifications_env(1, "2h").await;
