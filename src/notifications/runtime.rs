@@ -114,6 +114,7 @@ impl Notifications {
             catch_up: n.catch_up.clone(),
             lifecycle: Some(tx),
             unattributed_catch_up: cfg.mode == SubscriptionMode::Users,
+            recent: Default::default(),
         };
         tokio::spawn(worker.run(wake, tasks.clone()));
         let manager = Manager::new(

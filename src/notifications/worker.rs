@@ -14,12 +14,15 @@ use crate::sources::{Scope, ScopeKind};
 use crate::state::StateError;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 const MAX_ATTEMPTS: i64 = 5;
+/// Prompts whose user is remembered by `requestId`, for their responses (tenant mode).
+const RECENT_REQUESTS: usize = 10_000;
 const BATCH: i64 = 32;
 const CLAIM_LEASE: Duration = Duration::from_secs(60);
 /// Idle re-check, in case a wake-up was missed (another replica's receiver queued it).
@@ -62,15 +65,47 @@ pub struct Worker {
     pub owner: String,
     pub catch_up: Arc<CatchUp>,
     pub lifecycle: Option<mpsc::UnboundedSender<LifecycleEvent>>,
-    /// Ask polling at once for an item without a user. Off in tenant mode, where every
-    /// aiResponse is such an item and the (then unrelaxed) regular polling archives them.
+    /// Ask polling at once for an item without a user. Off in tenant mode, where an
+    /// aiResponse whose prompt this worker has not seen is such an item and the (then
+    /// unrelaxed) regular polling archives it.
     pub unattributed_catch_up: bool,
+    /// The users of recent prompts, by `requestId`: a tenant-wide subscription's aiResponse
+    /// names no user (its `from` is the Copilot app), but shares its prompt's `requestId`.
+    pub recent: RecentRequests,
+}
+
+/// A bounded memory of `requestId` -> user id, oldest forgotten first.
+#[derive(Debug, Default)]
+pub struct RecentRequests {
+    inner: std::sync::Mutex<(HashMap<String, String>, VecDeque<String>)>,
+}
+
+impl RecentRequests {
+    fn remember(&self, request: &str, user: &str) {
+        let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let (users, order) = &mut *g;
+        if users.insert(request.to_owned(), user.to_owned()).is_none() {
+            order.push_back(request.to_owned());
+        }
+        while order.len() > RECENT_REQUESTS {
+            if let Some(old) = order.pop_front() {
+                users.remove(&old);
+            }
+        }
+    }
+
+    fn user_of(&self, request: &str) -> Option<String> {
+        let g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        g.0.get(request).cloned()
+    }
 }
 
 #[derive(Deserialize)]
 struct Author<'a> {
     #[serde(borrow, default)]
     from: Option<Identity<'a>>,
+    #[serde(borrow, default, rename = "requestId")]
+    request_id: Option<std::borrow::Cow<'a, str>>,
 }
 #[derive(Deserialize)]
 struct Identity<'a> {
@@ -206,7 +241,8 @@ impl Worker {
         self.archive(user, plain).await
     }
 
-    /// The subscription's user (per-user subscriptions), else the prompt's author.
+    /// The subscription's user (per-user subscriptions), else the prompt's author, else (a
+    /// response) the author of the prompt with the same `requestId`, if this worker saw it.
     async fn user_of(
         &self,
         subscription_id: &str,
@@ -217,13 +253,23 @@ impl Worker {
                 return Ok(s.user_id);
             }
         }
-        let from: Option<Author> = serde_json::from_slice(plain).ok();
-        Ok(from
-            .and_then(|f| f.from)
-            .and_then(|f| f.user)
+        let Ok(author) = serde_json::from_slice::<Author>(plain) else {
+            return Ok(None);
+        };
+        let request = author.request_id.filter(|r| !r.trim().is_empty());
+        let user = (author.from.and_then(|f| f.user))
             .and_then(|u| u.id)
             .map(|id| id.into_owned())
-            .filter(|id| !id.trim().is_empty()))
+            .filter(|id| !id.trim().is_empty());
+        Ok(match (user, request) {
+            (Some(user), Some(request)) => {
+                self.recent.remember(&request, &user);
+                Some(user)
+            }
+            (Some(user), None) => Some(user),
+            (None, Some(request)) => self.recent.user_of(&request),
+            (None, None) => None,
+        })
     }
 
     async fn archive(&self, user: String, plain: Vec<u8>) -> Result<Outcome, WorkerError> {
@@ -295,6 +341,7 @@ mod tests {
             catch_up: Arc::new(CatchUp::default()),
             lifecycle: None,
             unattributed_catch_up: true,
+            recent: RecentRequests::default(),
         };
         Rig { worker, _dir: dir }
     }
@@ -377,6 +424,49 @@ mod tests {
         assert_eq!(rows.len(), 1);
         assert!(rows[0].record_key.contains("u-from"));
         assert_eq!(w.catch_up.take().map(|c| c.0), Some(CatchUpScope::All));
+    }
+
+    /// A tenant-wide subscription's response names no user; the prompt with the same
+    /// `requestId` does, so the response is filed under that user (as polling would).
+    #[tokio::test]
+    async fn a_response_is_filed_under_the_user_of_its_prompt() {
+        const ASKED: &str = r#"{"id":"1731701802000","etag":"1731701802000","requestId":"req-7","interactionType":"userPrompt","from":{"user":{"id":"u-asker"}}}"#;
+        const ANSWER: &str = r#"{"id":"1731701802001","etag":"1731701802001","requestId":"req-7","interactionType":"aiResponse","from":{"user":null,"application":{"id":"x"}}}"#;
+        const STRAY: &str = r#"{"id":"1731701802002","etag":"1731701802002","requestId":"req-8","interactionType":"aiResponse","from":{"application":{"id":"x"}}}"#;
+        let r = rig().await;
+        let w = &r.worker;
+        let now = chrono::Utc::now();
+        let items = [queued(ASKED), queued(ANSWER), queued(STRAY)];
+        w.queue.enqueue(&items, now).await.unwrap();
+        w.drain_once().await.unwrap();
+        let rows = w.queue.state().catalogue_list("copilot").await.unwrap();
+        assert_eq!(
+            rows.len(),
+            2,
+            "prompt and its response; the stray is left to polling"
+        );
+        assert!(
+            rows.iter().all(|r| r.record_key.contains("u-asker")),
+            "{rows:?}"
+        );
+        assert!(
+            w.catch_up.take().is_some(),
+            "the response without a known prompt asks polling"
+        );
+    }
+
+    #[test]
+    fn recent_requests_forget_the_oldest_first() {
+        let recent = RecentRequests::default();
+        for i in 0..=RECENT_REQUESTS {
+            recent.remember(&format!("r{i}"), "u");
+        }
+        assert_eq!(recent.user_of("r0"), None);
+        assert_eq!(recent.user_of("r1").as_deref(), Some("u"));
+        assert_eq!(
+            recent.user_of(&format!("r{RECENT_REQUESTS}")).as_deref(),
+            Some("u")
+        );
     }
 
     #[tokio::test]
