@@ -5,6 +5,7 @@
 //!                                [--dir PATH]   (where state and archive live; default: TMPDIR)
 //!                                [--concurrency N]  (export.concurrency; default 32)
 //!                                [--pin]  (the simulator on CPU 0, the archiver on CPU 1)
+//!                                [--source channels [--teams N] [--channels N] [--posts N]]
 //!   scripts/with-postgres.sh cargo bench --bench chats -- --replicas N [...]
 //!
 //! 1. Chat messages: a fresh simulated tenant (every user in several 1:1, group and meeting
@@ -13,6 +14,9 @@
 //!    budget, 429s, requests per archived message version, records/s, CPU and peak RSS, and
 //!    checks the archive against the ground truth. With `--replicas N`, N `run --once`
 //!    processes share one fresh PostgreSQL database, the simulator and the archive folder.
+//!    With `--source channels`, the same for channel messages: teams of channels with root
+//!    posts and replies instead of chats (each message exported once, per team, at most
+//!    4 rps per team), under the same 200 rps getAllMessages budget.
 //! 2. Recording streaming: one meeting with a recording of `--recording-mib` MiB (1 GiB by
 //!    default), archived by a child process; reports its peak RSS (wait4's ru_maxrss) and the
 //!    transfer rate, and checks the stored object's sha256 by streaming it back from disk.
@@ -50,6 +54,12 @@ struct Args {
     replicas: Option<usize>,
     /// The simulator (this process) on CPU 0, the archiver on CPU 1.
     pin: bool,
+    /// `chats`, or `channels`: `teams` teams of `channels` channels of `posts` root posts
+    /// (with up to three replies each) instead of chats.
+    source: &'static str,
+    teams: u32,
+    channels: u32,
+    posts: u32,
 }
 
 fn parse_args() -> Args {
@@ -66,6 +76,10 @@ fn parse_args() -> Args {
         replicas: None,
         concurrency: 32,
         pin: false,
+        source: "chats",
+        teams: 100,
+        channels: 4,
+        posts: 40,
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -85,6 +99,11 @@ fn parse_args() -> Args {
             "--concurrency" => a.concurrency = next.parse().unwrap_or(a.concurrency).max(1),
             "--replicas" => a.replicas = next.parse().ok().filter(|n| *n >= 1),
             "--pin" => (a.pin, step) = (true, 1),
+            "--source" if next == "channels" => a.source = "channels",
+            "--source" => a.source = "chats",
+            "--teams" => a.teams = next.parse().unwrap_or(a.teams),
+            "--channels" => a.channels = next.parse().unwrap_or(a.channels),
+            "--posts" => a.posts = next.parse().unwrap_or(a.posts),
             _ => step = 1,
         }
         i += step;
@@ -120,14 +139,24 @@ fn main() {
         for run in 1..=args.runs {
             let (backfill, resweep, dir) = rt.block_on(chat_run(&args));
             dirs.push(dir);
-            print_chat(run, "backfill", &backfill, args.rps);
-            print_chat(run, "re-sweep", &resweep, args.rps);
+            print_chat(args.source, run, "backfill", &backfill, args.rps);
+            print_chat(args.source, run, "re-sweep", &resweep, args.rps);
             all.push((backfill, resweep));
         }
         let med = |g: fn(&(ChatFigures, ChatFigures)) -> f64| median(all.iter().map(g).collect());
+        let tenant = match args.source {
+            "channels" => format!(
+                "{} teams x {} channels x {} posts (with replies)",
+                args.teams, args.channels, args.posts
+            ),
+            _ => format!(
+                "{} users, {} chats x {} messages",
+                args.users, args.chats, args.per_chat
+            ),
+        };
         println!(
-            "chats median of {} run(s), {} users, {} chats x {} messages, {}, concurrency {}{}: backfill budget used {:.1}% (429s {:.2}%, {:.0} versions/s, {:.4} requests per archived version, CPU s/10k {:.3}, peak RSS {:.1} MiB) | re-sweep budget used {:.1}% (429s {:.2}%)",
-            all.len(), args.users, args.chats, args.per_chat, setup(args.replicas), args.concurrency,
+            "{} median of {} run(s), {tenant}, {}, concurrency {}{}: backfill budget used {:.1}% (429s {:.2}%, {:.0} versions/s, {:.4} requests per archived version, CPU s/10k {:.3}, peak RSS {:.1} MiB) | re-sweep budget used {:.1}% (429s {:.2}%)",
+            args.source, all.len(), setup(args.replicas), args.concurrency,
             if args.pin { ", simulator and archiver on a CPU each" } else { "" },
             med(|f| f.0.budget_fraction) * 100.0, med(|f| f.0.throttled_pct), med(|f| f.0.versions_per_s),
             med(|f| f.0.requests_per_version), med(|f| f.0.cpu_s_per_10k), med(|f| f.0.peak_rss_mib),
@@ -146,9 +175,9 @@ fn main() {
     }
 }
 
-fn print_chat(run: usize, phase: &str, f: &ChatFigures, rps: f64) {
+fn print_chat(source: &str, run: usize, phase: &str, f: &ChatFigures, rps: f64) {
     println!(
-        "chats run {run} {phase}: {:.0} message versions checked, pass {:.1} s; {:.0} getAllMessages requests at {:.1} rps = {:.1}% of the {rps} rps budget; 429s {:.2}%; {:.4} requests per archived version; {:.3} CPU s per 10k versions; peak RSS {:.1} MiB",
+        "{source} run {run} {phase}: {:.0} message versions checked, pass {:.1} s; {:.0} getAllMessages requests at {:.1} rps = {:.1}% of the {rps} rps budget; 429s {:.2}%; {:.4} requests per archived version; {:.3} CPU s per 10k versions; peak RSS {:.1} MiB",
         f.versions, f.wall_s, f.requests, f.requests_per_s, f.budget_fraction * 100.0,
         f.throttled_pct, f.requests_per_version, f.cpu_s_per_10k, f.peak_rss_mib
     );
@@ -162,10 +191,18 @@ async fn chat_run(args: &Args) -> (ChatFigures, ChatFigures, tempfile::TempDir) 
         unlicensed_users: 0,
         interactions_per_user: 0,
         history_days: 30,
-        teams: TeamsSimConfig {
-            chats: args.chats,
-            messages_per_chat: args.per_chat,
-            ..TeamsSimConfig::default()
+        teams: match args.source {
+            "channels" => TeamsSimConfig {
+                teams: args.teams,
+                channels_per_team: args.channels,
+                posts_per_channel: args.posts,
+                ..TeamsSimConfig::default()
+            },
+            _ => TeamsSimConfig {
+                chats: args.chats,
+                messages_per_chat: args.per_chat,
+                ..TeamsSimConfig::default()
+            },
         },
         ..SimConfig::default()
     };
@@ -190,7 +227,7 @@ async fn chat_run(args: &Args) -> (ChatFigures, ChatFigures, tempfile::TempDir) 
             &sim.authority(),
             dir.path(),
             &state,
-            "chats",
+            args.source,
             &graph,
             export,
             args.concurrency,
@@ -234,13 +271,18 @@ async fn measured_chat_pass(
         .json()
         .await
         .expect("stats json");
-    let truth = groundtruth::fetch(&sim.authority(), "chats")
+    let truth = groundtruth::fetch(&sim.authority(), args.source)
         .await
         .expect("truth");
     let archive = config.parent().expect("dir").join("archive");
-    let cmp = groundtruth::compare(&truth, &FsStore::new(archive), "chats", chrono::Utc::now())
-        .await
-        .expect("compare");
+    let cmp = groundtruth::compare(
+        &truth,
+        &FsStore::new(archive),
+        args.source,
+        chrono::Utc::now(),
+    )
+    .await
+    .expect("compare");
     assert!(cmp.is_exact(), "{}", cmp.summary());
     chat_figures(&stats, cmp.matched as f64, wall, usage, args.rps)
 }
