@@ -223,10 +223,14 @@ impl Rig {
     }
 
     fn manager(&self, mode: SubscriptionMode, owner: &str) -> Manager {
+        self.manager_with(config(mode), owner)
+    }
+
+    fn manager_with(&self, cfg: NotificationsConfig, owner: &str) -> Manager {
         Manager::new(
             self.graph.clone(),
             self.queue.clone(),
-            config(mode),
+            cfg,
             owner.into(),
             Duration::from_secs(60),
             self.catch_up.clone(),
@@ -328,15 +332,7 @@ async fn a_changed_notification_url_replaces_our_subscriptions() {
     let moved = "https://archiver2.contoso.com/notifications";
     let mut cfg = config(SubscriptionMode::Users);
     cfg.notification_url = Url::parse(moved).unwrap();
-    let mut m = Manager::new(
-        rig.graph.clone(),
-        rig.queue.clone(),
-        cfg,
-        "me".into(),
-        Duration::from_secs(60),
-        rig.catch_up.clone(),
-    );
-    m.tick().await;
+    rig.manager_with(cfg, "me").tick().await;
     {
         let fake = rig.fake.lock().unwrap();
         for id in &old {
@@ -377,15 +373,7 @@ async fn tenant_mode_uses_one_subscription_with_the_filter() {
     let rig = Rig::new(&["a", "b"]).await;
     let mut cfg = config(SubscriptionMode::Tenant);
     cfg.filter = Some("appClass eq 'IPM.SkypeTeams.Message.Copilot.Teams'".into());
-    let mut m = Manager::new(
-        rig.graph.clone(),
-        rig.queue.clone(),
-        cfg,
-        "me".into(),
-        Duration::from_secs(60),
-        rig.catch_up.clone(),
-    );
-    m.tick().await;
+    rig.manager_with(cfg, "me").tick().await;
     assert_eq!(
         rig.remote_users(),
         ["/copilot/interactionHistory/getAllEnterpriseInteractions?$filter=appClass eq 'IPM.SkypeTeams.Message.Copilot.Teams'"]

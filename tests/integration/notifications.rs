@@ -156,6 +156,32 @@ pub(crate) async fn wait_for_subscriptions(
     }
 }
 
+/// Creates an interaction (a prompt and its response) for `user` now and waits up to 10 s
+/// for both to be archived; returns them.
+async fn create_and_wait(env: &Env, user: &str, daemon: &Daemon) -> Vec<TruthRecord> {
+    let created = chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string();
+    let made = env
+        .sim_post(
+            "/_sim/interactions",
+            serde_json::json!({"user_id": user, "created": created, "with_response": true}),
+        )
+        .await;
+    let records: Vec<TruthRecord> =
+        serde_json::from_value(made["records"].clone()).expect("created records");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !archived(env, &records).await {
+        assert!(
+            Instant::now() < deadline,
+            "not archived within 10 s of creation; log:\n{}",
+            daemon.log()
+        );
+        sleep_ms(100).await;
+    }
+    records
+}
+
 pub(crate) async fn archived(env: &Env, records: &[TruthRecord]) -> bool {
     let store = env.store();
     for r in records {
@@ -177,27 +203,8 @@ async fn new_interactions_arrive_by_notification_and_removed_subscriptions_come_
         .await;
 
     let user = subs[0].1.clone();
-    let created = chrono::Utc::now()
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string();
-    let made = env
-        .sim_post(
-            "/_sim/interactions",
-            serde_json::json!({"user_id": user, "created": created, "with_response": true}),
-        )
-        .await;
-    let records: Vec<TruthRecord> =
-        serde_json::from_value(made["records"].clone()).expect("created records");
+    let records = create_and_wait(&env, &user, &daemon).await;
     assert_eq!(records.len(), 2, "a prompt and its response");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !archived(&env, &records).await {
-        assert!(
-            Instant::now() < deadline,
-            "not archived within 10 s of creation; log:\n{}",
-            daemon.log()
-        );
-        sleep_ms(100).await;
-    }
     assert_eq!(
         daemon.count("catch-up pass"),
         0,
@@ -289,26 +296,7 @@ async fn reauthorization_required_is_answered_and_delivery_goes_on() {
         sleep_ms(100).await;
     }
     assert_eq!(sim_subscriptions(&env).await.len(), 2, "nothing recreated");
-    let created = chrono::Utc::now()
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string();
-    let made = env
-        .sim_post(
-            "/_sim/interactions",
-            serde_json::json!({"user_id": user, "created": created, "with_response": true}),
-        )
-        .await;
-    let records: Vec<TruthRecord> =
-        serde_json::from_value(made["records"].clone()).expect("created records");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !archived(&env, &records).await {
-        assert!(
-            Instant::now() < deadline,
-            "not archived by notification after reauthorization; log:\n{}",
-            daemon.log()
-        );
-        sleep_ms(100).await;
-    }
+    create_and_wait(&env, &user, &daemon).await;
     assert_eq!(daemon.count("catch-up pass"), 0, "{}", daemon.log());
     daemon.stop().await;
 }
