@@ -281,15 +281,19 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_genuine_post_is_queued_before_202() {
-        let (base, queue, _d) = spawn().await;
-        let resp = reqwest::Client::new()
+    async fn post_genuine(base: &str) -> reqwest::Response {
+        reqwest::Client::new()
             .post(format!("{base}/notifications"))
             .body(body_of(vec![change(STATE, PLAIN)], vec![token()]))
             .send()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_genuine_post_is_queued_before_202() {
+        let (base, queue, _d) = spawn().await;
+        let resp = post_genuine(&base).await;
         assert_eq!(resp.status(), 202);
         assert_eq!(queue.pending().await.unwrap(), 1);
     }
@@ -342,12 +346,7 @@ mod tests {
             slow.push(s);
         }
         let started = std::time::Instant::now();
-        let resp = reqwest::Client::new()
-            .post(format!("{base}/notifications"))
-            .body(body_of(vec![change(STATE, PLAIN)], vec![token()]))
-            .send()
-            .await
-            .unwrap();
+        let resp = post_genuine(&base).await;
         assert_eq!(resp.status(), 202);
         assert!(
             started.elapsed() >= Duration::from_millis(250),
