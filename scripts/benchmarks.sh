@@ -68,7 +68,7 @@ command_of() {
         channels)
             [ "${quick}" = 1 ] \
                 && echo "cargo bench --bench chats -- --source channels --teams 20 --channels 2 --posts 10 --skip-recording" \
-                || echo "cargo bench --bench chats -- --source channels --runs 3 --skip-recording" ;;
+                || echo "cargo bench --bench chats -- --source channels --runs 3 --skip-recording --concurrency 64" ;;
         notifications)
             [ "${quick}" = 1 ] \
                 && echo "cargo bench --bench notifications -- --users 20 --rate 2 --seconds 10 --runs 1 --poll 10" \
