@@ -325,7 +325,6 @@ impl Manager {
     /// `GET /subscriptions` (all pages), keeping ours: a Copilot resource with our notification
     /// URL, or one our state database records (made before `notification_url` changed).
     pub async fn list_ours(&self) -> Result<Vec<RemoteSubscription>, ManagerError> {
-        let ours_url = self.cfg.notification_url.as_str().trim_end_matches('/');
         let recorded: HashSet<String> = (self.queue.subscriptions().await?)
             .into_iter()
             .map(|r| r.id)
@@ -340,9 +339,7 @@ impl Manager {
                         path: url.path().to_owned(),
                         problem: e.to_string(),
                     })?;
-                let mine = recorded.contains(&s.id)
-                    || (s.notification_url.as_deref())
-                        .is_some_and(|u| u.trim_end_matches('/') == ours_url);
+                let mine = recorded.contains(&s.id) || self.sends_to_us(&s);
                 if mine && norm(&s.resource).starts_with("copilot/") {
                     out.push(s);
                 }
@@ -395,10 +392,14 @@ impl Manager {
     /// Made with a retired certificate (its notifications no longer decrypt) or sending to a
     /// notification URL the configuration no longer has (the receiver moved).
     fn outdated(&self, r: &RemoteSubscription) -> bool {
-        let url = self.cfg.notification_url.as_str().trim_end_matches('/');
         let cert = (r.certificate_id.as_ref()).is_some_and(|c| *c != self.cfg.certificate_id);
-        let moved = (r.notification_url.as_deref()).is_some_and(|u| u.trim_end_matches('/') != url);
-        cert || moved
+        cert || (r.notification_url.is_some() && !self.sends_to_us(r))
+    }
+
+    /// Posts to the configured notification URL (a trailing slash aside).
+    fn sends_to_us(&self, r: &RemoteSubscription) -> bool {
+        let ours = self.cfg.notification_url.as_str().trim_end_matches('/');
+        (r.notification_url.as_deref()).is_some_and(|u| u.trim_end_matches('/') == ours)
     }
 
     /// Keeps the longest-lived of our subscriptions on a resource, deletes the others.
