@@ -303,3 +303,33 @@ pub fn tail(s: &str, n: usize) -> String {
 pub async fn sleep_ms(ms: u64) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
+
+/// Creates an interaction for `user` in the simulator, created now (`extra` adds fields, e.g.
+/// `with_response`); returns its records as the ground truth has them.
+pub(crate) async fn create_interaction(
+    env: &Env,
+    user: &str,
+    extra: serde_json::Value,
+) -> Vec<TruthRecord> {
+    let created = chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string();
+    let mut body = serde_json::json!({"user_id": user, "created": created});
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    let made = env.sim_post("/_sim/interactions", body).await;
+    serde_json::from_value(made["records"].clone()).expect("created records")
+}
+
+/// Every one of `records` is in the archive.
+pub(crate) async fn archived(env: &Env, records: &[TruthRecord]) -> bool {
+    use m365_archiver::archive::ArchiveStore;
+    let store = env.store();
+    for r in records {
+        if !matches!(store.get(&groundtruth::storage_key(r)).await, Ok(Some(_))) {
+            return false;
+        }
+    }
+    true
+}

@@ -6,8 +6,7 @@
 
 use crate::daemon::Daemon;
 use crate::helpers::*;
-use m365_archiver::archive::ArchiveStore;
-use m365_archiver::groundtruth::{storage_key, TruthRecord};
+use m365_archiver::groundtruth::TruthRecord;
 use m365_archiver::notifications::cert;
 
 use std::time::{Duration, Instant};
@@ -159,17 +158,7 @@ pub(crate) async fn wait_for_subscriptions(
 /// Creates an interaction (a prompt and its response) for `user` now and waits up to 10 s
 /// for both to be archived; returns them.
 async fn create_and_wait(env: &Env, user: &str, daemon: &Daemon) -> Vec<TruthRecord> {
-    let created = chrono::Utc::now()
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string();
-    let made = env
-        .sim_post(
-            "/_sim/interactions",
-            serde_json::json!({"user_id": user, "created": created, "with_response": true}),
-        )
-        .await;
-    let records: Vec<TruthRecord> =
-        serde_json::from_value(made["records"].clone()).expect("created records");
+    let records = create_interaction(env, user, serde_json::json!({"with_response": true})).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !archived(env, &records).await {
         assert!(
@@ -180,16 +169,6 @@ async fn create_and_wait(env: &Env, user: &str, daemon: &Daemon) -> Vec<TruthRec
         sleep_ms(100).await;
     }
     records
-}
-
-pub(crate) async fn archived(env: &Env, records: &[TruthRecord]) -> bool {
-    let store = env.store();
-    for r in records {
-        if !matches!(store.get(&storage_key(r)).await, Ok(Some(_))) {
-            return false;
-        }
-    }
-    true
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,8 +5,7 @@
 
 use crate::daemon::Daemon;
 use crate::helpers::*;
-use m365_archiver::archive::ArchiveStore;
-use m365_archiver::groundtruth::{storage_key, TruthRecord};
+use m365_archiver::groundtruth::TruthRecord;
 use m365_archiver::state::StateDb;
 use std::collections::BTreeMap;
 
@@ -42,26 +41,7 @@ fn most_not_due(daemon: &Daemon) -> u64 {
 }
 
 async fn create(env: &Env, user: &str) -> Vec<TruthRecord> {
-    let created = chrono::Utc::now()
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string();
-    let made = env
-        .sim_post(
-            "/_sim/interactions",
-            serde_json::json!({"user_id": user, "created": created, "visible_after_ms": 0}),
-        )
-        .await;
-    serde_json::from_value(made["records"].clone()).expect("created records")
-}
-
-async fn archived(env: &Env, records: &[TruthRecord]) -> bool {
-    let store = env.store();
-    for r in records {
-        if !matches!(store.get(&storage_key(r)).await, Ok(Some(_))) {
-            return false;
-        }
-    }
-    true
+    create_interaction(env, user, serde_json::json!({"visible_after_ms": 0})).await
 }
 
 /// Polls (windows committed) per user so far.
