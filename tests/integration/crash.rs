@@ -59,6 +59,9 @@ pub(crate) async fn sigkill_at_random_points(db: Db, store: StoreKind) {
 /// been created (back-dated) after the window that passed it ran: the look-back's, not a bug.
 pub(crate) async fn assert_no_checkpoint_ahead(env: &Env, truth: &[TruthRecord]) {
     let state = env.state().await;
+    // A kill can land before the archiver applied its migrations (a slow start on a loaded
+    // machine); open the state as `m365-archiver status` does, which migrates first.
+    state.migrate().await.expect("migrate state");
     let store = env.archive();
     let mut by_user: HashMap<(&str, &str), Vec<&TruthRecord>> = HashMap::new();
     for r in truth {
