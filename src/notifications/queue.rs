@@ -102,7 +102,7 @@ impl NotificationQueue {
             .bind(until)
             .bind(now_ms)
             .bind(limit)
-            .execute(self.state.pool())
+            .execute(self.state.write_pool())
             .await
             .map_err(StateError::op("notification_claim"))?;
         }
@@ -123,7 +123,7 @@ impl NotificationQueue {
         let _slot = self.state.writer_slot().await;
         sqlx::query("DELETE FROM notification_queue WHERE id = $1")
             .bind(id)
-            .execute(self.state.pool())
+            .execute(self.state.write_pool())
             .await
             .map(|_| ())
             .map_err(StateError::op("notification_done"))
@@ -147,7 +147,7 @@ impl NotificationQueue {
         .bind(ms(now) + dur_ms(delay))
         .bind(error)
         .bind(i64::from(dead))
-        .execute(self.state.pool())
+        .execute(self.state.write_pool())
         .await
         .map(|_| ())
         .map_err(StateError::op("notification_failed"))
@@ -186,7 +186,7 @@ impl NotificationQueue {
         .bind(&s.last_event)
         .bind(s.last_event_at)
         .bind(s.last_notification_at)
-        .execute(self.state.pool())
+        .execute(self.state.write_pool())
         .await
         .map(|_| ())
         .map_err(StateError::op("subscription_put"))
@@ -220,7 +220,7 @@ impl NotificationQueue {
         let _slot = self.state.writer_slot().await;
         sqlx::query("DELETE FROM subscriptions WHERE id = $1")
             .bind(id)
-            .execute(self.state.pool())
+            .execute(self.state.write_pool())
             .await
             .map(|_| ())
             .map_err(StateError::op("subscription_delete"))
@@ -232,7 +232,7 @@ impl NotificationQueue {
         sqlx::query("UPDATE subscriptions SET last_notification_at = $2 WHERE id = $1")
             .bind(id)
             .bind(ms(at))
-            .execute(self.state.pool())
+            .execute(self.state.write_pool())
             .await
             .map(|_| ())
             .map_err(StateError::op("subscription_touch"))
@@ -256,7 +256,7 @@ impl NotificationQueue {
         .bind(event)
         .bind(ms(at))
         .bind(status)
-        .execute(self.state.pool())
+        .execute(self.state.write_pool())
         .await
         .map_err(StateError::op("subscription_event"))?;
         Ok(done.rows_affected() > 0)

@@ -24,7 +24,7 @@ impl StateDb {
         .bind(e.action.as_str())
         .bind(e.subject.as_str())
         .bind(detail)
-        .execute(self.pool())
+        .execute(self.write_pool())
         .await
         .map(|_| ())
         .map_err(StateError::op(OP))

@@ -56,7 +56,7 @@ impl StateDb {
         .bind(kind)
         .bind(message)
         .bind(to_ms(now))
-        .execute(self.pool())
+        .execute(self.write_pool())
         .await
         .map(|_| ())
         .map_err(StateError::op(OP))

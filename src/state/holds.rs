@@ -271,7 +271,7 @@ impl StateDb {
         .bind(to_ms(now))
         .bind(hold_id)
         .bind(key)
-        .execute(self.pool())
+        .execute(self.write_pool())
         .await
         .map(|_| ())
         .map_err(StateError::op("record_hold_release"))

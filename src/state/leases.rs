@@ -40,7 +40,7 @@ impl StateDb {
             .bind(owner)
             .bind(now_ms)
             .bind(expiry_ms(now_ms, ttl))
-            .execute(self.pool())
+            .execute(self.write_pool())
             .await
             .map_err(StateError::op("try_lease"))?;
         Ok(done.rows_affected() > 0)
@@ -61,7 +61,7 @@ impl StateDb {
                 .bind(work_key)
                 .bind(owner)
                 .bind(expiry_ms(to_ms(now), ttl))
-                .execute(self.pool())
+                .execute(self.write_pool())
                 .await
                 .map_err(StateError::op("renew_lease"))?;
         Ok(done.rows_affected() > 0)
@@ -73,7 +73,7 @@ impl StateDb {
         sqlx::query(RELEASE_LEASE)
             .bind(work_key)
             .bind(owner)
-            .execute(self.pool())
+            .execute(self.write_pool())
             .await
             .map(|_| ())
             .map_err(StateError::op("release_lease"))
@@ -84,7 +84,7 @@ impl StateDb {
         let _slot = self.writer_slot().await;
         let done = sqlx::query("DELETE FROM leases WHERE owner = $1")
             .bind(owner)
-            .execute(self.pool())
+            .execute(self.write_pool())
             .await
             .map_err(StateError::op("release_all_leases"))?;
         Ok(done.rows_affected())

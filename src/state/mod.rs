@@ -59,6 +59,12 @@ const SQLITE_BUSY_TIMEOUT_MS: u64 = 10_000;
 /// Connections per pool. SQLite serialises writers anyway; the extra connections serve readers.
 const SQLITE_MAX_CONNECTIONS: u32 = 8;
 const POSTGRES_MAX_CONNECTIONS: u32 = 10;
+/// Page cache of the SQLite writer connection.
+const SQLITE_WRITER_CACHE_KIB: u32 = 32 * 1024;
+/// WAL pages after which a commit copies the WAL back into the database (SQLite's default is
+/// 1,000). A catalogue group dirties hundreds of index pages, mostly the same ones group after
+/// group: copying them back every eighth group instead of every other one writes each once.
+const SQLITE_WRITER_CHECKPOINT_PAGES: u32 = 8_000;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 
 const SQLITE_HINT: &str = "Check that the directory exists and is writable by the service user, \
@@ -100,6 +106,10 @@ pub struct StateDb {
     /// letting them spin in SQLite's busy handler, keeps them fair and fast; busy_timeout still
     /// covers other processes (e.g. `status` run beside the daemon). None for PostgreSQL.
     sqlite_writer: Option<Arc<Mutex<()>>>,
+    /// Where write transactions run: on SQLite one connection of its own, so its page cache
+    /// survives from one transaction to the next (a connection's cache is dropped whenever
+    /// another connection has written since its last transaction); `pool` on PostgreSQL.
+    writer: AnyPool,
     /// Archived batches waiting to be committed together (see `archived.rs`).
     archived: Arc<archived::ArchivedQueue>,
 }
@@ -208,11 +218,17 @@ impl StateDb {
 
     /// Closes every connection; later calls fail with `Unavailable`.
     pub async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
 
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// Where statements that write run, holding the writer slot (see `writer`).
+    pub(crate) fn write_pool(&self) -> &AnyPool {
+        &self.writer
     }
 
     /// Waits for this process's SQLite writer slot (immediately Some(..)/None on PostgreSQL).
@@ -229,8 +245,8 @@ impl StateDb {
     pub(crate) async fn begin_write(&self, op: &'static str) -> Result<WriteTx, StateError> {
         let slot = self.writer_slot().await;
         let tx = match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => self.pool.begin().await,
+            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.writer.begin().await,
         }
         .map_err(StateError::op(op))?;
         Ok(WriteTx { tx, _slot: slot })
@@ -295,6 +311,13 @@ async fn connect_sqlite(url: &str, redacted: &str) -> Result<StateDb, StateError
         .connect(&url)
         .await
         .map_err(|e| connect_err(e.to_string()))?;
+    let writer = if memory {
+        pool.clone()
+    } else {
+        sqlite_writer_pool(&url)
+            .await
+            .map_err(|e| connect_err(e.to_string()))?
+    };
     if !memory {
         // WAL lets readers run beside the writer. The setting is stored in the file, so one
         // connection switching it is enough.
@@ -309,6 +332,7 @@ async fn connect_sqlite(url: &str, redacted: &str) -> Result<StateDb, StateError
         backend: Backend::Sqlite,
         redacted_url: Arc::from(redacted),
         sqlite_writer: Some(Arc::new(Mutex::new(()))),
+        writer,
         archived: Default::default(),
     })
 }
@@ -327,6 +351,31 @@ async fn sqlite_session_pragmas(conn: &mut AnyConnection) -> Result<(), sqlx::Er
         sqlx::query(&pragma).execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+/// The writer's one connection, kept for the pool's lifetime, with a page cache large enough
+/// for the indexes a catalogue group touches (SQLite's default is 2 MiB).
+async fn sqlite_writer_pool(url: &str) -> Result<AnyPool, sqlx::Error> {
+    AnyPoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                sqlite_session_pragmas(conn).await?;
+                for pragma in [
+                    format!("PRAGMA cache_size = -{SQLITE_WRITER_CACHE_KIB}"),
+                    format!("PRAGMA wal_autocheckpoint = {SQLITE_WRITER_CHECKPOINT_PAGES}"),
+                ] {
+                    sqlx::query(&pragma).execute(&mut *conn).await?;
+                }
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await
 }
 
 /// Opens and closes one connection. The pool retries a refused connection until its acquire
@@ -370,6 +419,7 @@ async fn connect_postgres(url: &str, redacted: &str) -> Result<StateDb, StateErr
         .map_err(|e| connect_err(e.to_string()))?;
     tracing::debug!(url = %redacted, "state database opened (PostgreSQL)");
     Ok(StateDb {
+        writer: pool.clone(),
         pool,
         backend: Backend::Postgres,
         redacted_url: Arc::from(redacted),

@@ -132,7 +132,7 @@ impl StateDb {
         sqlx::query("UPDATE replicas SET budget_divisor = $2 WHERE owner = $1")
             .bind(owner)
             .bind(i64::from(divisor))
-            .execute(self.pool())
+            .execute(self.write_pool())
             .await
             .map(|_| ())
             .map_err(StateError::op("set_replica_divisor"))
@@ -158,7 +158,7 @@ impl StateDb {
         let _slot = self.writer_slot().await;
         let done = sqlx::query("DELETE FROM replicas WHERE owner = $1")
             .bind(owner)
-            .execute(self.pool())
+            .execute(self.write_pool())
             .await
             .map_err(StateError::op("remove_replica"))?;
         Ok(done.rows_affected() > 0)

@@ -197,7 +197,7 @@ impl StateDb {
         .bind(to_ms(c.retain_until))
         .bind(to_ms(now))
         .bind(actor)
-        .execute(self.pool())
+        .execute(self.write_pool())
         .await
         .map(|_| ())
         .map_err(StateError::op(OP))

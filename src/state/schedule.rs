@@ -141,7 +141,7 @@ impl StateDb {
             .bind(s.interval_ms)
             .bind(s.next_due_at)
             .bind(s.last_new_at)
-            .execute(self.pool())
+            .execute(self.write_pool())
             .await
             .map(|_| ())
             .map_err(StateError::op("set_poll_schedule"))

@@ -111,7 +111,7 @@ impl StateDb {
         .bind(kind)
         .bind(id)
         .bind(to_ms(now))
-        .execute(self.pool())
+        .execute(self.write_pool())
         .await
         .map_err(StateError::op(OP))?;
         if done.rows_affected() == 0 {

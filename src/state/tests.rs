@@ -747,6 +747,33 @@ async fn sqlite_memory_and_nested_paths_work() {
     assert_eq!(mode.to_lowercase(), "wal");
 }
 
+/// Writes go to the writer's own connection, whose page cache survives between transactions
+/// (readers' caches are dropped by every commit), and its commits checkpoint the WAL less often.
+#[tokio::test]
+async fn sqlite_writes_run_on_the_writer_connection() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let db = testing::sqlite_in(dir.path()).await.expect("SQLite state");
+    let pragma = |pool: &sqlx::AnyPool, name: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let (v,): (i64,) = sqlx::query_as(&format!("PRAGMA {name}"))
+                .fetch_one(&pool)
+                .await
+                .expect(name);
+            v
+        }
+    };
+    assert_eq!(pragma(db.write_pool(), "cache_size").await, -32 * 1024);
+    assert_eq!(pragma(db.write_pool(), "wal_autocheckpoint").await, 8_000);
+    assert_eq!(pragma(db.pool(), "wal_autocheckpoint").await, 1_000);
+    let mut tx = db.begin_write("test").await.expect("begin");
+    let (cache,): (i64,) = sqlx::query_as("PRAGMA cache_size")
+        .fetch_one(&mut *tx.conn())
+        .await
+        .expect("cache_size");
+    assert_eq!(cache, -32 * 1024, "a write transaction on a reader connection");
+}
+
 #[tokio::test]
 async fn missing_postgres_url_says_how_to_run() {
     // Only meaningful when the variable is unset and skipping is not requested.
