@@ -119,18 +119,18 @@ impl Resource {
 #[derive(Debug)]
 struct TenantLimiters {
     share: BudgetShare,
-    interactions: DefaultDirectRateLimiter,
-    messages: DefaultDirectRateLimiter,
-    other: DefaultDirectRateLimiter,
+    interactions: Pace,
+    messages: Pace,
+    other: Pace,
 }
 
 impl TenantLimiters {
     fn new(configured: &Budgets, replicas: u32) -> Result<Self, GraphError> {
         let budgets = configured.split(replicas);
         Ok(Self {
-            interactions: limiter("interactions_rps", budgets.interactions_rps)?,
-            messages: limiter("messages_rps", budgets.messages_rps)?,
-            other: limiter("other_rps", budgets.other_rps)?,
+            interactions: Pace::new("interactions_rps", budgets.interactions_rps)?,
+            messages: Pace::new("messages_rps", budgets.messages_rps)?,
+            other: Pace::new("other_rps", budgets.other_rps)?,
             share: BudgetShare {
                 replicas: replicas.max(1),
                 budgets,
@@ -138,7 +138,7 @@ impl TenantLimiters {
         })
     }
 
-    fn get(&self, endpoint: Endpoint) -> &DefaultDirectRateLimiter {
+    fn get(&self, endpoint: Endpoint) -> &Pace {
         match endpoint {
             Endpoint::Interactions => &self.interactions,
             Endpoint::Messages => &self.messages,
@@ -157,7 +157,7 @@ pub(crate) struct RateBudget {
     per_team_rps: f64,
     per_chat_rps: f64,
     /// One limiter per team or chat seen (a tenant has a bounded number of them).
-    per_resource: Mutex<HashMap<Resource, Arc<DefaultDirectRateLimiter>>>,
+    per_resource: Mutex<HashMap<Resource, Arc<Pace>>>,
     /// Closed while this replica is idle (its share given up).
     gate: Arc<Gate>,
 }
@@ -280,8 +280,8 @@ impl Drop for Busy {
 impl RateBudget {
     pub(crate) fn new(budgets: &Budgets) -> Result<Self, GraphError> {
         // Validated now so that a bad value fails at start, not at the first team.
-        limiter("per_team_rps", budgets.per_team_rps)?;
-        limiter("per_chat_rps", budgets.per_chat_rps)?;
+        Pace::new("per_team_rps", budgets.per_team_rps)?;
+        Pace::new("per_chat_rps", budgets.per_chat_rps)?;
         Ok(Self {
             tenant: RwLock::new(Arc::new(TenantLimiters::new(budgets, 1)?)),
             configured: budgets.clone(),
@@ -355,12 +355,12 @@ impl RateBudget {
     pub(crate) async fn acquire(&self, endpoint: Endpoint, path: &str) {
         let _use = self.gate.enter();
         if let Some(resource) = self.resource_limiter(path) {
-            resource.until_ready().await;
+            resource.ready().await;
         }
         loop {
             self.gate.pass().await;
             let tenant = self.current();
-            tenant.get(endpoint).until_ready().await;
+            tenant.get(endpoint).ready().await;
             // Parked while we queued (a race with the last use ending): wait to be active.
             if self.is_parked() {
                 continue;
@@ -373,7 +373,7 @@ impl RateBudget {
         }
     }
 
-    fn resource_limiter(&self, path: &str) -> Option<Arc<DefaultDirectRateLimiter>> {
+    fn resource_limiter(&self, path: &str) -> Option<Arc<Pace>> {
         let resource = Resource::of_path(path)?;
         let rps = match resource {
             Resource::Team(_) => self.per_team_rps,
@@ -384,28 +384,61 @@ impl RateBudget {
             return Some(Arc::clone(l));
         }
         // Validated in `new`; a failure here cannot happen, and then no extra limit applies.
-        let l = Arc::new(limiter("per-resource", rps).ok()?);
+        let l = Arc::new(Pace::new("per-resource", rps).ok()?);
         map.insert(resource, Arc::clone(&l));
         Some(l)
     }
 }
 
-/// Burst 1 with a period of 1/rps: requests go out evenly spaced at the budget, never in
-/// bursts above it (Graph measures rates over short windows).
-fn limiter(name: &str, rps: f64) -> Result<DefaultDirectRateLimiter, GraphError> {
-    let invalid = || {
-        GraphError::Config(format!(
-            "budget {name} must be a positive number of requests per second, got {rps}"
-        ))
-    };
-    if !(rps.is_finite() && rps > 0.0) {
-        return Err(invalid());
+/// How late a request may be for its slot and still have it: the catch-up a budget allows.
+const CATCH_UP: Duration = Duration::from_millis(20);
+
+/// One budget: requests go out evenly spaced at its rate (a GCRA limiter with a period of
+/// 1/rps). A request that reaches its slot late (its task was not polled in time on a busy
+/// process) may still take it within `CATCH_UP`, as a burst of `rps x CATCH_UP` slots (at least
+/// one); with no catch-up at all, every late slot was lost and a saturated budget ran at 85-95%.
+/// The average never exceeds the rate; any second holds at most the slots caught up on more
+/// than strictly even spacing would send (three at 200 rps, none at 30 rps or less).
+///
+/// Waiters take turns (a fair queue) so that each slot wakes the one task whose turn it is,
+/// not every task waiting on the budget.
+#[derive(Debug)]
+struct Pace {
+    limiter: DefaultDirectRateLimiter,
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl Pace {
+    fn new(name: &str, rps: f64) -> Result<Pace, GraphError> {
+        let invalid = || {
+            GraphError::Config(format!(
+                "budget {name} must be a positive number of requests per second, got {rps}"
+            ))
+        };
+        if !(rps.is_finite() && rps > 0.0) {
+            return Err(invalid());
+        }
+        let period = Duration::try_from_secs_f64(1.0 / rps).map_err(|_| invalid())?;
+        let quota = Quota::with_period(period)
+            .ok_or_else(invalid)?
+            .allow_burst(catch_up_slots(rps));
+        Ok(Pace {
+            limiter: RateLimiter::direct(quota),
+            turn: tokio::sync::Mutex::new(()),
+        })
     }
-    let period = Duration::try_from_secs_f64(1.0 / rps).map_err(|_| invalid())?;
-    let quota = Quota::with_period(period)
-        .ok_or_else(invalid)?
-        .allow_burst(NonZeroU32::MIN);
-    Ok(RateLimiter::direct(quota))
+
+    async fn ready(&self) {
+        let _turn = self.turn.lock().await;
+        self.limiter.until_ready().await;
+    }
+}
+
+/// The slots a request at `rps` may catch up on: those of `CATCH_UP`, at least one.
+fn catch_up_slots(rps: f64) -> NonZeroU32 {
+    let slots = (rps * CATCH_UP.as_secs_f64()).floor();
+    // Saturating float-to-int cast: a huge budget gets u32::MAX, never a wrap.
+    NonZeroU32::new(slots as u32).unwrap_or(NonZeroU32::MIN)
 }
 
 #[cfg(test)]
@@ -513,7 +546,7 @@ mod tests {
         assert_eq!(budget.share().budgets, full);
     }
 
-    /// Ten requests at 100 rps alone take ~90 ms; split four ways, ~360 ms. A request queued
+    /// Ten requests at 100 rps alone take ~80 ms; split four ways, ~360 ms. A request queued
     /// before the split is paced by the new share too.
     #[tokio::test]
     async fn a_split_budget_paces_at_the_share() {
@@ -537,6 +570,8 @@ mod tests {
         assert!(shared >= Duration::from_millis(340), "{shared:?}");
         // A waiter on the old limiter when the share shrinks waits again at the new rate.
         budget.set_replicas(1).expect("whole");
+        // At 100 rps a fresh limiter has two slots to catch up on; take both.
+        budget.acquire(Endpoint::Interactions, path).await;
         budget.acquire(Endpoint::Interactions, path).await;
         let waiter = tokio::spawn({
             let budget = budget.clone();
@@ -551,5 +586,45 @@ mod tests {
         budget.set_replicas(10).expect("split");
         let waited = waiter.await.expect("waiter");
         assert!(waited >= Duration::from_millis(90), "{waited:?}");
+    }
+
+    /// A late request may still take the slots of the last 20 ms, and no more: four at
+    /// 200 rps, one at Copilot's 30 rps and on one chat.
+    #[test]
+    fn a_budget_catches_up_on_the_slots_of_20_ms() {
+        for (rps, slots) in [
+            (200.0, 4),
+            (150.0, 3),
+            (30.0, 1),
+            (4.0, 1),
+            (1.0, 1),
+            (0.001, 1),
+            (1000.0, 20),
+            (f64::MAX, u32::MAX),
+        ] {
+            assert_eq!(catch_up_slots(rps).get(), slots, "{rps} rps");
+        }
+    }
+
+    /// Waiters are served in the order they came: each slot wakes the task whose turn it is.
+    #[tokio::test(flavor = "current_thread")]
+    async fn waiters_take_their_turns_in_order() {
+        let pace = Arc::new(Pace::new("test", 100.0).expect("pace"));
+        let served = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let (pace, served) = (pace.clone(), served.clone());
+            tasks.push(tokio::spawn(async move {
+                pace.ready().await;
+                served.lock().expect("served").push(i);
+            }));
+            // Let it queue before the next one comes.
+            tokio::task::yield_now().await;
+        }
+        for t in tasks {
+            t.await.expect("waiter");
+        }
+        let served = served.lock().expect("served").clone();
+        assert_eq!(served, (0..8).collect::<Vec<_>>());
     }
 }

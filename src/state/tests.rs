@@ -771,7 +771,11 @@ async fn sqlite_writes_run_on_the_writer_connection() {
         .fetch_one(&mut *tx.conn())
         .await
         .expect("cache_size");
-    assert_eq!(cache, -32 * 1024, "a write transaction on a reader connection");
+    assert_eq!(
+        cache,
+        -32 * 1024,
+        "a write transaction on a reader connection"
+    );
 }
 
 #[tokio::test]
