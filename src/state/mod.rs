@@ -311,13 +311,6 @@ async fn connect_sqlite(url: &str, redacted: &str) -> Result<StateDb, StateError
         .connect(&url)
         .await
         .map_err(|e| connect_err(e.to_string()))?;
-    let writer = if memory {
-        pool.clone()
-    } else {
-        sqlite_writer_pool(&url)
-            .await
-            .map_err(|e| connect_err(e.to_string()))?
-    };
     if !memory {
         // WAL lets readers run beside the writer. The setting is stored in the file, so one
         // connection switching it is enough.
@@ -326,6 +319,14 @@ async fn connect_sqlite(url: &str, redacted: &str) -> Result<StateDb, StateError
             .await
             .map_err(|e| connect_err(e.to_string()))?;
     }
+    // Opened once the file is in WAL mode.
+    let writer = if memory {
+        pool.clone()
+    } else {
+        sqlite_writer_pool(&url)
+            .await
+            .map_err(|e| connect_err(e.to_string()))?
+    };
     tracing::debug!(url = %redacted, "state database opened (SQLite)");
     Ok(StateDb {
         pool,
