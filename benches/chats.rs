@@ -30,7 +30,9 @@ use m365_archiver::archive::fs::FsStore;
 use m365_archiver::archive::ArchiveStore;
 use m365_archiver::groundtruth;
 use m365_archiver::sim::{self, SimConfig, TeamsSimConfig};
-use measure::{class_requests, median, run_child, run_replicas, setup, state_url, Usage};
+use measure::{
+    class_requests, median, rate_profile, run_child, run_replicas, setup, state_url, Usage,
+};
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::time::{Duration, Instant};
@@ -111,7 +113,7 @@ fn parse_args() -> Args {
     a
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct ChatFigures {
     versions: f64,
     wall_s: f64,
@@ -123,6 +125,7 @@ struct ChatFigures {
     requests_per_version: f64,
     cpu_s_per_10k: f64,
     peak_rss_mib: f64,
+    profile: String,
 }
 
 fn main() {
@@ -181,6 +184,7 @@ fn print_chat(source: &str, run: usize, phase: &str, f: &ChatFigures, rps: f64) 
         f.versions, f.wall_s, f.requests, f.requests_per_s, f.budget_fraction * 100.0,
         f.throttled_pct, f.requests_per_version, f.cpu_s_per_10k, f.peak_rss_mib
     );
+    println!("{source} run {run} {phase}: budget used {}", f.profile);
 }
 
 /// The backfill (every version new) and then a look-back re-sweep of the same 30 days (every
@@ -422,5 +426,6 @@ fn chat_figures(
         requests_per_version: requests / versions.max(1.0),
         cpu_s_per_10k: usage.cpu.as_secs_f64() / versions.max(1.0) * 10_000.0,
         peak_rss_mib: usage.max_rss_kib as f64 / 1024.0,
+        profile: rate_profile(stats, "messages", budget),
     }
 }

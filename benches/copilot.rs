@@ -17,7 +17,9 @@ mod measure;
 
 use m365_archiver::archive::fs::FsStore;
 use m365_archiver::groundtruth;
-use measure::{class_requests, median, run_replicas, setup, state_url, SimProcess, Usage};
+use measure::{
+    class_requests, median, rate_profile, run_replicas, setup, state_url, SimProcess, Usage,
+};
 use std::time::{Duration, Instant};
 
 struct Args {
@@ -57,7 +59,7 @@ fn parse_args() -> Args {
     a
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Figures {
     records: f64,
     wall_s: f64,
@@ -69,6 +71,7 @@ struct Figures {
     throttled_pct: f64,
     cpu_s_per_10k: f64,
     peak_rss_mib: f64,
+    profile: String,
 }
 
 fn main() {
@@ -85,6 +88,7 @@ fn main() {
             f.records, f.wall_s, f.records_per_s, f.requests, f.requests_per_s,
             f.budget_fraction * 100.0, args.rps, f.throttled, f.throttled_pct, f.cpu_s_per_10k, f.peak_rss_mib
         );
+        println!("run {run}: budget used {}", f.profile);
         all.push(f);
     }
     let med = |g: fn(&Figures) -> f64| median(all.iter().map(g).collect());
@@ -185,5 +189,6 @@ fn figures(stats: &serde_json::Value, records: f64, wall: Duration, usage: Usage
         },
         cpu_s_per_10k: usage.cpu.as_secs_f64() / records.max(1.0) * 10_000.0,
         peak_rss_mib: usage.max_rss_kib as f64 / 1024.0,
+        profile: rate_profile(stats, "interactions", 30.0),
     }
 }

@@ -168,6 +168,35 @@ pub fn class_requests(stats: &serde_json::Value, class: &str) -> (f64, f64, f64)
     (requests, throttled, t("last") - t("first"))
 }
 
+/// The pass's request rate in tenths of its length, as percentages of `budget` (from the
+/// simulator's per-second counts; the last, partial second is left out): shows whether a pass
+/// below its budget was held throughout or only while it ramped up and drained.
+#[allow(dead_code)] // not every bench prints it
+pub fn rate_profile(stats: &serde_json::Value, class: &str, budget: f64) -> String {
+    let seconds: Vec<f64> = stats["class_span"][class]["per_second"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_f64()).collect())
+        .unwrap_or_default();
+    let full = seconds.len().saturating_sub(1);
+    if full < 10 {
+        let parts: Vec<String> = seconds[..full]
+            .iter()
+            .map(|n| format!("{:.0}", n / budget * 100.0))
+            .collect();
+        return format!("per second: {}%", parts.join(" "));
+    }
+    let parts: Vec<String> = (0..10)
+        .map(|i| {
+            let part = &seconds[i * full / 10..(i + 1) * full / 10];
+            format!(
+                "{:.0}",
+                part.iter().sum::<f64>() / part.len() as f64 / budget * 100.0
+            )
+        })
+        .collect();
+    format!("by tenths of the pass: {}%", parts.join(" "))
+}
+
 /// "1 process, SQLite" or "3 replica(s), PostgreSQL", for summary lines.
 #[allow(dead_code)] // only the benches that run replicas
 pub fn setup(replicas: Option<usize>) -> String {

@@ -42,6 +42,31 @@ pub(crate) struct Stats {
 pub(crate) struct ClassSpan {
     pub first: String,
     pub last: String,
+    /// Requests answered in each whole second since `first`, so a benchmark can tell a
+    /// pass held below its budget throughout from one held only while it ramps up or drains.
+    pub per_second: Vec<u64>,
+    #[serde(skip)]
+    started: DateTime<Utc>,
+}
+
+impl ClassSpan {
+    fn new(now: DateTime<Utc>, stamp: String) -> Self {
+        ClassSpan {
+            first: stamp.clone(),
+            last: stamp,
+            per_second: vec![1],
+            started: now,
+        }
+    }
+
+    fn count(&mut self, now: DateTime<Utc>, stamp: String) {
+        let second = usize::try_from((now - self.started).num_seconds()).unwrap_or(0);
+        if self.per_second.len() <= second {
+            self.per_second.resize(second + 1, 0);
+        }
+        self.per_second[second] += 1;
+        self.last = stamp;
+    }
 }
 
 impl Default for Stats {
@@ -78,15 +103,31 @@ impl Stats {
         self.first_request.get_or_insert_with(|| stamp.clone());
         self.class_span
             .entry(class.to_owned())
-            .and_modify(|span| span.last = stamp.clone())
-            .or_insert_with(|| ClassSpan {
-                first: stamp.clone(),
-                last: stamp.clone(),
-            });
+            .and_modify(|span| span.count(now, stamp.clone()))
+            .or_insert_with(|| ClassSpan::new(now, stamp.clone()));
         self.last_request = Some(stamp);
     }
 
     pub(crate) fn fault(&mut self, kind: &'static str) {
         *self.faults.entry(kind).or_default() += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_counted_per_second_of_their_class() {
+        let t0 = Utc::now();
+        let at = |ms: i64| t0 + chrono::Duration::milliseconds(ms);
+        let mut stats = Stats::default();
+        for ms in [0, 400, 999, 2_100] {
+            stats.record("messages", 200, at(ms));
+        }
+        stats.record("interactions", 429, at(1_500));
+        assert_eq!(stats.class_span["messages"].per_second, vec![3, 0, 1]);
+        // Each class counts from its own first request.
+        assert_eq!(stats.class_span["interactions"].per_second, vec![1]);
     }
 }
