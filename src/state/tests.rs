@@ -763,7 +763,8 @@ async fn sqlite_writes_run_on_the_writer_connection() {
             v
         }
     };
-    assert_eq!(pragma(db.write_pool(), "cache_size").await, -32 * 1024);
+    let writer_cache = -i64::from(SQLITE_WRITER_CACHE_KIB);
+    assert_eq!(pragma(db.write_pool(), "cache_size").await, writer_cache);
     assert_eq!(pragma(db.write_pool(), "wal_autocheckpoint").await, 8_000);
     assert_eq!(pragma(db.pool(), "wal_autocheckpoint").await, 1_000);
     let mut tx = db.begin_write("test").await.expect("begin");
@@ -772,8 +773,7 @@ async fn sqlite_writes_run_on_the_writer_connection() {
         .await
         .expect("cache_size");
     assert_eq!(
-        cache,
-        -32 * 1024,
+        cache, writer_cache,
         "a write transaction on a reader connection"
     );
 }
