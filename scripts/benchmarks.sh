@@ -143,7 +143,7 @@ log "benches: ${SELECTED[*]}$([ "${QUICK}" = 1 ] && echo ' (quick)'); commit ${C
 # Build first, so that a compile error stops everything before an hour of benches.
 build=()
 for bench in "${SELECTED[@]}"; do
-    build+=(--bench "$(case "${bench}" in replicas-*) echo copilot ;; chats-* | channels) echo chats ;; *) echo "${bench}" ;; esac)")
+    build+=(--bench "$(case "${bench}" in replicas-*) echo copilot ;; chats-* | channels | channels-*) echo chats ;; *) echo "${bench}" ;; esac)")
 done
 cargo bench --no-run "${build[@]}" >&2 || die "the benches do not build"
 
