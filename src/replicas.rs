@@ -3,9 +3,11 @@
 //! tenant-wide Graph budgets (`graph::Budgets::split`), so that together they stay under
 //! Graph's per-tenant limits.
 //!
-//! Shares shift within a heartbeat: a replica that sees the count grow shrinks at once; one that
-//! starts while others run waits until their heartbeats show they have made room (each row
-//! carries the divisor its replica applies), so the sum of the shares never exceeds the budget.
+//! Shares shift within a tick (an eighth of a heartbeat): between heartbeats every active
+//! replica reads the count, and heartbeats at once when it changed. A replica that sees the
+//! count grow shrinks at once; one that starts while others run waits until their heartbeats
+//! show they have made room (each row carries the divisor its replica applies), so the sum of
+//! the shares never exceeds the budget.
 //! A replica that dies keeps its place until its row is older than the TTL: the others grow
 //! only then, which errs on the side of sending less. While the database cannot be read, a
 //! replica keeps its last share: it never grows to the full budget for lack of the count (its
@@ -15,7 +17,7 @@
 //! that it waits for; the daemon between passes) gives its share up: once no export holds the
 //! budget ([`crate::graph::Busy`]) and no request went out for a quarter of a heartbeat, it
 //! parks its budget (its requests wait from then on), then marks itself idle in the registry,
-//! and the others count it out and grow at their next heartbeat. A request arriving at the
+//! and the others count it out and grow within a tick. A request arriving at the
 //! parked budget makes it active again as it started: its row counts again first, and the
 //! request waits until the others' rows show they have shrunk to make room for it.
 //!
@@ -184,13 +186,18 @@ impl Inner {
         let budget = self.graph.budget();
         let mut healthy = true;
         let mut next_beat = Instant::now() + self.timing.heartbeat;
+        let mut next_count = Instant::now() + self.timing.tick();
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => return,
                 _ = tokio::time::sleep(self.timing.tick()) => {}
                 _ = budget.activity_changed() => {}
             }
-            let due = Instant::now() >= next_beat;
+            let mut due = Instant::now() >= next_beat;
+            if !due && healthy && !budget.is_parked() && Instant::now() >= next_count {
+                next_count = Instant::now() + self.timing.tick();
+                due = self.count_changed().await;
+            }
             let step = if budget.is_parked() {
                 if budget.wanted() && (healthy || due) {
                     self.wake().await
@@ -222,6 +229,17 @@ impl Inner {
                     healthy = false;
                 }
             }
+        }
+    }
+
+    /// Whether the active replicas are no longer the count this share divides by. Read every
+    /// tick, so that a share follows a replica joining or going idle within a tick instead of
+    /// at the next heartbeat: with heartbeats 2 s apart, a share boundary (a replica joining,
+    /// finishing its pass) otherwise left up to 2 s of the budget unused.
+    async fn count_changed(&self) -> bool {
+        match self.state.active_replicas(self.timing.ttl).await {
+            Ok(active) => active.max(1) != self.graph.budget_share().replicas,
+            Err(_) => false,
         }
     }
 
@@ -345,7 +363,7 @@ impl Inner {
     /// that has not is dead or cut off (it sends nothing then, and is counted out soon).
     async fn wait_for_room(&self) {
         let deadline = Instant::now() + self.timing.heartbeat * 2;
-        let poll = (self.timing.heartbeat / 4).max(Duration::from_millis(50));
+        let poll = self.timing.tick().max(Duration::from_millis(50));
         let mut told = false;
         loop {
             let since =
@@ -518,6 +536,43 @@ mod tests {
             ["b"],
             "only the killed replica's row is left, until forgotten"
         );
+    }
+
+    /// Shares follow a replica leaving or joining within a tick, not at the next heartbeat:
+    /// the heartbeat here is 4 s, and both changes must land in well under half of it.
+    async fn shares_change_within_a_tick(db: StateDb) {
+        const SLOW: Timing = Timing {
+            heartbeat: Duration::from_secs(4),
+            ttl: Duration::from_secs(16),
+        };
+        let ((ga, _a), (gb, _b), (gc, _c)) = (busy_graph(), busy_graph(), busy_graph());
+        let a = Replicas::join(&db, &ga, "a", SLOW).await.expect("a");
+        let joining = Instant::now();
+        let b = Replicas::join(&db, &gb, "b", SLOW).await.expect("b");
+        assert!(
+            joining.elapsed() < SLOW.heartbeat / 2,
+            "b's join took {:?}",
+            joining.elapsed()
+        );
+        // a has just written its heartbeat (b waited for it): its next is about 4 s away.
+        let left = Instant::now();
+        b.leave().await;
+        wait_until("a takes b's share", || a.live() == 1).await;
+        assert!(
+            left.elapsed() < SLOW.heartbeat / 2,
+            "a grew after {:?}",
+            left.elapsed()
+        );
+        let joining = Instant::now();
+        let c = Replicas::join(&db, &gc, "c", SLOW).await.expect("c");
+        assert!(
+            joining.elapsed() < SLOW.heartbeat / 2,
+            "c's join took {:?}",
+            joining.elapsed()
+        );
+        assert_eq!((a.live(), c.live()), (2, 2));
+        c.leave().await;
+        a.leave().await;
     }
 
     /// A row left by a killed predecessor on this node is forgotten at once; one of another
@@ -695,6 +750,7 @@ mod tests {
 
     both_backends!(
         shares_follow_the_live_replicas,
+        shares_change_within_a_tick,
         dead_neighbours_are_forgotten_at_join,
         unreachable_registry_keeps_the_last_share,
         an_idle_replica_gives_its_share_up_and_takes_it_back

@@ -153,6 +153,20 @@ impl StateDb {
         rows.iter().map(|r| replica_row(r, OP)).collect()
     }
 
+    /// How many replicas are active (heartbeat within `ttl`, not idle): the count a heartbeat
+    /// would apply, read without writing, so that a share can follow it between heartbeats.
+    pub async fn active_replicas(&self, ttl: Duration) -> Result<u32, StateError> {
+        let since = to_ms(Utc::now()).saturating_sub(ms(ttl));
+        let live: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM replicas WHERE heartbeat_at >= $1 AND idle_since IS NULL",
+        )
+        .bind(since)
+        .fetch_one(self.pool())
+        .await
+        .map_err(StateError::op("active_replicas"))?;
+        Ok(u32::try_from(live).unwrap_or(u32::MAX))
+    }
+
     /// Deletes `owner`'s row (clean exit); true if there was one.
     pub async fn remove_replica(&self, owner: &str) -> Result<bool, StateError> {
         let _slot = self.writer_slot().await;
