@@ -372,15 +372,16 @@ impl Scheduler {
             .run_all(work, cancel, LeaseMode::TryOnce, pass_start)
             .await;
         if wait_for_leases && !cancel.is_cancelled() {
-            let (leased, mut done): (Vec<_>, Vec<_>) = outcomes
-                .into_iter()
-                .partition(|(_, _, o)| matches!(o, ScopeOutcome::LeasedElsewhere));
-            let retry = leased.into_iter().map(|(s, r, _)| (s, r)).collect();
-            done.extend(
+            // In place: a partition into two new vectors held a second copy of every outcome
+            // (100,000 at tenant scale) at the pass's end, its peak of memory.
+            let retry = (outcomes
+                .extract_if(.., |(_, _, o)| matches!(o, ScopeOutcome::LeasedElsewhere)))
+            .map(|(s, r, _)| (s, r))
+            .collect();
+            outcomes.extend(
                 self.run_all(retry, cancel, LeaseMode::Wait, pass_start)
                     .await,
             );
-            outcomes = done;
         }
         self.summarise(outcomes, &left_out, started).await
     }
@@ -394,6 +395,9 @@ impl Scheduler {
     ) -> Vec<(Arc<dyn Source>, ScopeRow, ScopeOutcome)> {
         let claims = self.batch_claims(&work, mode);
         let claims = claims.as_ref();
+        // Sized up front: grown by doubling, the vector of 100,000 outcomes briefly held its
+        // old and new buffers at once, and a third of the new one unused.
+        let sized = Vec::with_capacity(work.len());
         let outcomes = stream::iter(work)
             .map(|(source, row)| async move {
                 let outcome = self
@@ -402,7 +406,10 @@ impl Scheduler {
                 (source, row, outcome)
             })
             .buffer_unordered(self.export.concurrency)
-            .collect()
+            .fold(sized, |mut all, outcome| async move {
+                all.push(outcome);
+                all
+            })
             .await;
         if let Some(claims) = claims {
             claims.release_unused().await;
