@@ -19,6 +19,10 @@ use sqlx::any::AnyRow;
 use super::types::{opt_to_ms, to_ms, RowReader};
 use super::{StateDb, StateError};
 
+/// Replicas counted in the budget's split: a heartbeat since $1, not idle.
+const ACTIVE_SINCE: &str =
+    "SELECT COUNT(*) FROM replicas WHERE heartbeat_at >= $1 AND idle_since IS NULL";
+
 /// Rows silent for this many TTLs are deleted by the next heartbeat of any replica: long
 /// after they stopped counting, so `status` can still show a replica that just died.
 const FORGET_AFTER_TTLS: u32 = 10;
@@ -102,13 +106,11 @@ impl StateDb {
             .execute(tx.conn())
             .await
             .map_err(StateError::op(OP))?;
-        let live: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM replicas WHERE heartbeat_at >= $1 AND idle_since IS NULL",
-        )
-        .bind(now.saturating_sub(ms(ttl)))
-        .fetch_one(tx.conn())
-        .await
-        .map_err(StateError::op(OP))?;
+        let live: i64 = sqlx::query_scalar(ACTIVE_SINCE)
+            .bind(now.saturating_sub(ms(ttl)))
+            .fetch_one(tx.conn())
+            .await
+            .map_err(StateError::op(OP))?;
         let live = u32::try_from(live).unwrap_or(u32::MAX);
         // Our own row was just written: at least one unless it is idle.
         let live = if me.is_idle() { live } else { live.max(1) };
@@ -157,13 +159,11 @@ impl StateDb {
     /// would apply, read without writing, so that a share can follow it between heartbeats.
     pub async fn active_replicas(&self, ttl: Duration) -> Result<u32, StateError> {
         let since = to_ms(Utc::now()).saturating_sub(ms(ttl));
-        let live: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM replicas WHERE heartbeat_at >= $1 AND idle_since IS NULL",
-        )
-        .bind(since)
-        .fetch_one(self.pool())
-        .await
-        .map_err(StateError::op("active_replicas"))?;
+        let live: i64 = sqlx::query_scalar(ACTIVE_SINCE)
+            .bind(since)
+            .fetch_one(self.pool())
+            .await
+            .map_err(StateError::op("active_replicas"))?;
         Ok(u32::try_from(live).unwrap_or(u32::MAX))
     }
 
