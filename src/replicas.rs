@@ -538,6 +538,21 @@ mod tests {
         );
     }
 
+    /// Joins as `owner`, asserting that the others made room within `limit`.
+    async fn join_within(
+        db: &StateDb,
+        graph: &GraphClient,
+        owner: &str,
+        timing: Timing,
+        limit: Duration,
+    ) -> Replicas {
+        let joining = Instant::now();
+        let joined = Replicas::join(db, graph, owner, timing).await.expect(owner);
+        let took = joining.elapsed();
+        assert!(took < limit, "{owner}'s join took {took:?}");
+        joined
+    }
+
     /// Shares follow a replica leaving or joining within a tick, not at the next heartbeat:
     /// the heartbeat here is 4 s, and both changes must land in well under half of it.
     async fn shares_change_within_a_tick(db: StateDb) {
@@ -547,13 +562,7 @@ mod tests {
         };
         let ((ga, _a), (gb, _b), (gc, _c)) = (busy_graph(), busy_graph(), busy_graph());
         let a = Replicas::join(&db, &ga, "a", SLOW).await.expect("a");
-        let joining = Instant::now();
-        let b = Replicas::join(&db, &gb, "b", SLOW).await.expect("b");
-        assert!(
-            joining.elapsed() < SLOW.heartbeat / 2,
-            "b's join took {:?}",
-            joining.elapsed()
-        );
+        let b = join_within(&db, &gb, "b", SLOW, SLOW.heartbeat / 2).await;
         // a has just written its heartbeat (b waited for it): its next is about 4 s away.
         let left = Instant::now();
         b.leave().await;
@@ -563,13 +572,7 @@ mod tests {
             "a grew after {:?}",
             left.elapsed()
         );
-        let joining = Instant::now();
-        let c = Replicas::join(&db, &gc, "c", SLOW).await.expect("c");
-        assert!(
-            joining.elapsed() < SLOW.heartbeat / 2,
-            "c's join took {:?}",
-            joining.elapsed()
-        );
+        let c = join_within(&db, &gc, "c", SLOW, SLOW.heartbeat / 2).await;
         assert_eq!((a.live(), c.live()), (2, 2));
         c.leave().await;
         a.leave().await;
