@@ -90,24 +90,36 @@ async fn heartbeat(
     owner: String,
     ttl: Duration,
     guarded: CancellationToken,
-    lost: Arc<std::sync::atomic::AtomicBool>,
+    lost: Arc<std::sync::OnceLock<String>>,
 ) {
-    loop {
+    let reason = loop {
         tokio::time::sleep(ttl / 3).await;
         match state.renew_lease(&work_key, &owner, ttl, Utc::now()).await {
             Ok(true) => {}
-            Ok(false) => {
-                tracing::error!(work_key = %work_key, "lease taken over by another process; stopping this export");
-                break;
-            }
-            Err(e) => {
-                tracing::error!(work_key = %work_key, error = %e, "cannot renew lease; stopping this export");
-                break;
-            }
+            // Also what follows the last window's commit, which releases the lease: the export
+            // says which it was (`run_scope`), so nothing is logged here.
+            Ok(false) => break "another process holds it now".to_owned(),
+            Err(e) => break format!("cannot renew it: {e}"),
         }
-    }
-    lost.store(true, std::sync::atomic::Ordering::SeqCst);
+    };
+    tracing::debug!(work_key = %work_key, reason = %reason, "lease not renewed; stopping this export");
+    let _ = lost.set(reason);
     guarded.cancel();
+}
+
+/// Runs `work` unless `cancel` fires first. Biased: a window that has finished is never taken
+/// for cancelled. The last window's commit releases the scope's lease, so a heartbeat right
+/// after it finds no lease and cancels the scope, possibly before the export is polled again;
+/// unbiased, that completed scope was then reported failed ("lease lost").
+async fn unless_cancelled<T>(
+    cancel: &CancellationToken,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        biased;
+        done = work => Some(done),
+        _ = cancel.cancelled() => None,
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
@@ -558,7 +570,7 @@ impl Scheduler {
             None => None,
         };
         let scope_cancel = cancel.child_token();
-        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let lost = Arc::new(std::sync::OnceLock::new());
         let heartbeat = tokio::spawn(heartbeat(
             self.state.clone(),
             work_key.clone(),
@@ -578,15 +590,16 @@ impl Scheduler {
         if matches!(outcome, ScopeOutcome::Done { windows, .. } if windows > 0) {
             return outcome;
         }
-        if lost.load(std::sync::atomic::Ordering::SeqCst) && !cancel.is_cancelled() {
+        if let Some(reason) = lost.get().filter(|_| !cancel.is_cancelled()) {
             let scope = Scope {
                 kind: source.kind().scope_kind(),
                 id: row.id.clone(),
                 label: row.label.clone(),
             };
-            let msg = "lease lost (state database unreachable or another process took over); \
-                       stopped before the next window"
-                .to_string();
+            let msg = format!(
+                "lease lost ({reason}); stopped before the next window; the next pass resumes \
+                 from the last committed one"
+            );
             outcome = self
                 .fail(source.kind().as_str(), &scope, None, msg, outcome.totals())
                 .await;
@@ -711,11 +724,12 @@ impl Scheduler {
                 };
             }
             let started = Instant::now();
-            let result = tokio::select! {
-                r = self.ingest.run_window(&self.graph, source, &scope, &plan) => r,
-                _ = cancel.cancelled() => {
-                    return ScopeOutcome::Cancelled { windows: totals.windows, report: totals };
-                }
+            let window = self.ingest.run_window(&self.graph, source, &scope, &plan);
+            let Some(result) = unless_cancelled(cancel, window).await else {
+                return ScopeOutcome::Cancelled {
+                    windows: totals.windows,
+                    report: totals,
+                };
             };
             match result {
                 Ok(report) => {
@@ -989,6 +1003,20 @@ mod tests {
         let later = pass_start + ChronoDuration::seconds(5);
         let done = cp(later - settle, Some(later));
         assert!(claims::covered_since(Some(&done), &c, pass_start));
+    }
+
+    /// The race `unless_cancelled` closes: the window finished and the cancel fired before
+    /// the export looked again. Unbiased, each round would pick the cancel half the time.
+    #[tokio::test]
+    async fn a_finished_window_is_never_taken_for_cancelled() {
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        for round in 0..64 {
+            let done = unless_cancelled(&cancel, std::future::ready(round)).await;
+            assert_eq!(done, Some(round), "round {round}");
+        }
+        let pending = unless_cancelled(&cancel, std::future::pending::<()>()).await;
+        assert_eq!(pending, None, "unfinished work is cancelled");
     }
 
     #[test]
