@@ -96,8 +96,8 @@ pub enum StateError {
     #[error(transparent)]
     Shared(std::sync::Arc<StateError>),
 
-    /// The task writing a group commit this call was part of was cancelled before it finished;
-    /// nothing of the call was committed.
+    /// The task writing a group commit this call was part of ended (panicked, or its runtime
+    /// shut down) before it finished; nothing of the call was committed.
     #[error(
         "state database {op} was abandoned before it committed; nothing of it was kept, retry"
     )]
