@@ -215,11 +215,7 @@ async fn chat_run(args: &Args) -> (ChatFigures, ChatFigures, tempfile::TempDir) 
     let sim = sim::spawn(cfg, ([127, 0, 0, 1], 0).into())
         .await
         .expect("simulator");
-    let dir = match &args.dir {
-        Some(parent) => tempfile::tempdir_in(parent),
-        None => tempfile::tempdir(),
-    }
-    .expect("tempdir");
+    let dir = measure::run_dir(args.dir.as_deref());
     let config = dir.path().join("bench.toml");
     let graph = format!(
         "[graph.rate_limits]\nmessages_rps = {}\nother_rps = 100\n",
@@ -307,7 +303,7 @@ async fn recording_run(mib: u64) -> (f64, Duration, u64) {
     let sim = sim::spawn(cfg, ([127, 0, 0, 1], 0).into())
         .await
         .expect("simulator");
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = measure::run_dir(None);
     let config = dir.path().join("bench.toml");
     std::fs::write(
         &config,

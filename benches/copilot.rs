@@ -101,7 +101,7 @@ fn main() {
 }
 
 async fn one_run(args: &Args) -> (Figures, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = measure::run_dir(None);
     let sim = SimProcess::start(dir.path(), &sim_toml(args));
     let authority = sim.authority.clone();
     sim.wait_ready().await;

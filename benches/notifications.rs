@@ -218,7 +218,7 @@ fn summary(args: &Args, notif: &[Figures], poll: &[Figures]) {
 /// One run in `mode`; returns its figures and the users interactions were created for (with
 /// notifications: those Graph would subscribe; the polling run reuses them, same tenant seed).
 async fn one_run(args: &Args, mode: Mode, users: &[String]) -> (Figures, Vec<String>) {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = measure::run_dir(None);
     let sim = SimProcess::start(dir.path(), &sim_toml(args.users));
     sim.wait_ready().await;
     let authority = sim.authority.clone();

@@ -136,7 +136,7 @@ async fn pass_bench(args: &Args) {
     );
     let mut all = Vec::new();
     for run in 1..=args.runs {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = measure::run_dir(None);
         let state_url = state_url(dir.path(), args.postgres).await;
         let config = dir.path().join("bench.toml");
         let graph = format!(
@@ -260,7 +260,7 @@ fn pass_figures(
 // 2. Verify over a large archive
 
 async fn verify_bench(args: &Args) {
-    let temp = tempfile::tempdir().expect("tempdir");
+    let temp = measure::run_dir(None);
     let dir = args.archive.as_deref().unwrap_or(temp.path());
     let config = dir.join("bench.toml");
     let built = match reuse(&config).await {

@@ -134,6 +134,11 @@ load() { uptime | sed 's/.*load average[s]*: *//'; }
 cell() { sed -e 's/|/\\|/g' | awk 'NR > 1 { printf "<br>" } { printf "%s", $0 }'; }
 
 LOG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/m365-benchmarks.XXXXXXXX")"
+# Every run's state and archive stay here until the last bench is done (see `settle`): about
+# 3 million small files, 15 GB, for all benches.
+RUNS_DIR="$(mktemp -d "${TMPDIR:-/tmp}/m365-bench-runs.XXXXXXXX")"
+trap 'log "deleting the runs'"'"' directories in ${RUNS_DIR}"; rm -rf "${RUNS_DIR}"' EXIT
+export TMPDIR="${RUNS_DIR}" M365_BENCH_KEEP_DIRS=1
 COMMIT="$(commit)"
 declare -A ROWS=()
 FAILED=0
@@ -148,11 +153,13 @@ done
 cargo bench --no-run "${build[@]}" >&2 || die "the benches do not build"
 
 # This VM's ext4 has no journal, and without one ext4 will not reuse an inode freed in the last
-# 30 s (300 s more while its inode table block is dirty): a bench that starts right after the
-# previous one deleted its 100,000 files pays for scanning past them at every file it creates.
-# Flush, and let them age, between benches.
+# minute, or six while its inode table block is dirty, which the next bench's new files make it:
+# a bench that starts within minutes of the previous one deleting its 100,000 files pays for
+# scanning past them at every file it creates. So the benches keep their files (TMPDIR and
+# M365_BENCH_KEEP_DIRS above) until the end; between benches, flush their writes and let the
+# machine settle.
 settle() {
-    log "letting the previous bench's deleted files age (sync, 65 s)"
+    log "letting the machine settle (sync, 65 s)"
     sync
     sleep 65
 }

@@ -1,6 +1,24 @@
 //! What the benchmarks share: running the archiver as a child process and measuring it.
 
+use std::path::Path;
 use std::time::Duration;
+
+/// A new directory (in `parent`, else in TMPDIR) for one run's state and archive, deleted when
+/// dropped unless `M365_BENCH_KEEP_DIRS=1`. scripts/benchmarks.sh sets it and deletes its own
+/// scratch directory after the last bench: on an ext4 without a journal (this VM's) every new
+/// inode is slower for minutes after many were freed (`recently_deleted`), so a bench deleting
+/// its 100,000 files would slow the next bench's writes.
+pub fn run_dir(parent: Option<&Path>) -> tempfile::TempDir {
+    let mut dir = match parent {
+        Some(parent) => tempfile::tempdir_in(parent),
+        None => tempfile::tempdir(),
+    }
+    .expect("a directory for the run");
+    if std::env::var_os("M365_BENCH_KEEP_DIRS").is_some_and(|v| v == "1") {
+        dir.disable_cleanup(true);
+    }
+    dir
+}
 
 /// The middle value (upper middle for an even count); 0 for none.
 pub fn median(mut v: Vec<f64>) -> f64 {
