@@ -137,6 +137,8 @@ LOG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/m365-benchmarks.XXXXXXXX")"
 # Every run's state and archive stay here until the last bench is done (see `settle`): about
 # 3 million small files, 15 GB, for all benches.
 RUNS_DIR="$(mktemp -d "${TMPDIR:-/tmp}/m365-bench-runs.XXXXXXXX")"
+# with-postgres.sh's cluster lives in it too, and its server runs as the postgres user.
+chmod 0755 "${RUNS_DIR}"
 trap 'log "deleting the runs'"'"' directories in ${RUNS_DIR}"; rm -rf "${RUNS_DIR}"' EXIT
 export TMPDIR="${RUNS_DIR}" M365_BENCH_KEEP_DIRS=1
 COMMIT="$(commit)"
