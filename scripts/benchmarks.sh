@@ -135,7 +135,7 @@ cell() { sed -e 's/|/\\|/g' | awk 'NR > 1 { printf "<br>" } { printf "%s", $0 }'
 
 LOG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/m365-benchmarks.XXXXXXXX")"
 # Every run's state and archive stay here until the last bench is done (see `settle`): about
-# 3 million small files, 15 GB, for all benches.
+# 3 million small files, about 10 GB, for all benches.
 RUNS_DIR="$(mktemp -d "${TMPDIR:-/tmp}/m365-bench-runs.XXXXXXXX")"
 # with-postgres.sh's cluster lives in it too, and its server runs as the postgres user.
 chmod 0755 "${RUNS_DIR}"
