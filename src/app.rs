@@ -182,7 +182,8 @@ impl App {
         .await
     }
 
-    /// Discovery, then one pass over every scope.
+    /// Discovery and one pass over every scope (the scopes already known are exported while
+    /// discovery runs: `Scheduler::run_pass_beside`).
     pub async fn run_once(&self, cancel: &CancellationToken) -> Result<PassReport, AppError> {
         let report = self.pass_once(cancel).await;
         self.replicas.leave().await;
@@ -190,10 +191,11 @@ impl App {
     }
 
     async fn pass_once(&self, cancel: &CancellationToken) -> Result<PassReport, AppError> {
-        self.discover().await?;
-        let report = (self.scheduler)
-            .run_pass_begun(cancel, true, self.started)
-            .await?;
+        let (discovered, report) = (self.scheduler)
+            .run_pass_beside(cancel, self.started, self.discover())
+            .await;
+        discovered?;
+        let report = report?;
         self.reconcile_holds().await;
         self.log_graph_stats();
         Ok(report)

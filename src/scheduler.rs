@@ -185,6 +185,28 @@ impl PassReport {
     pub fn ok(&self) -> bool {
         self.failures.is_empty() && self.cancelled == 0 && self.leased_elsewhere == 0
     }
+
+    /// Adds a later pass's report; `again` are the (source, scope) pairs both passes had, whose
+    /// outcome is the later one's.
+    fn absorb(&mut self, later: PassReport, again: &HashSet<(String, String)>) {
+        let failed = self.failures.len();
+        (self.failures).retain(|f| !again.contains(&(f.source.clone(), f.scope_id.clone())));
+        let failed_before = (failed - self.failures.len()) as u64;
+        let twice = again.len() as u64;
+        self.scopes = (self.scopes + later.scopes).saturating_sub(twice);
+        self.succeeded = (self.succeeded + later.succeeded).saturating_sub(twice - failed_before);
+        self.leased_elsewhere += later.leased_elsewhere;
+        self.cancelled += later.cancelled;
+        self.failures.extend(later.failures);
+        merge(&mut self.totals, &later.totals);
+        self.elapsed_ms = self.elapsed_ms.max(later.elapsed_ms);
+        self.not_due += later.not_due;
+        self.found_new.extend(later.found_new);
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// When a pass began: the instant for its duration, the wall clock for what it covers.
@@ -310,12 +332,75 @@ impl Scheduler {
         wait_for_leases: bool,
         begun: PassClock,
     ) -> Result<PassReport, StateError> {
+        self.run_pass_begun_where(cancel, wait_for_leases, begun, &|_, _| true)
+            .await
+    }
+
+    async fn run_pass_begun_where(
+        &self,
+        cancel: &CancellationToken,
+        wait_for_leases: bool,
+        begun: PassClock,
+        keep: PassFilter<'_>,
+    ) -> Result<PassReport, StateError> {
         let work = self.work_items().await?;
         let report = self
-            .run_work(work, &|_, _| true, cancel, wait_for_leases, begun.0)
+            .run_work(work, keep, cancel, wait_for_leases, begun.0)
             .await?;
         log_pass(&report);
         Ok(report)
+    }
+
+    /// One pass over every scope while `discovery` runs: the scopes the state knows are
+    /// exported beside it, then the scopes it added and those it found gone meanwhile (their
+    /// final sweep, which also settles one whose export failed as not found while it was still
+    /// listed). A replica set that discovered first left each replica's share of the budget
+    /// unused for the length of its discovery. Discovery's outcome is returned as it came.
+    pub async fn run_pass_beside<T, E>(
+        &self,
+        cancel: &CancellationToken,
+        begun: PassClock,
+        discovery: impl std::future::Future<Output = Result<T, E>>,
+    ) -> (Result<T, E>, Result<PassReport, StateError>) {
+        let known = std::sync::Mutex::new(HashMap::new());
+        let note = |source: SourceKind, row: &ScopeRow| {
+            lock(&known).insert((source, row.id.clone()), row.gone_at.is_some());
+            true
+        };
+        let (discovered, first) = tokio::join!(
+            discovery,
+            self.run_pass_begun_where(cancel, true, begun, &note)
+        );
+        let mut report = match first {
+            Ok(report) if discovered.is_ok() && !cancel.is_cancelled() => report,
+            other => return (discovered, other),
+        };
+        let known = known.into_inner().unwrap_or_else(|p| p.into_inner());
+        let again = std::sync::Mutex::new(HashSet::new());
+        let after_discovery =
+            |source: SourceKind, row: &ScopeRow| match known.get(&(source, row.id.clone())) {
+                None => true,
+                Some(&was_gone) => {
+                    let newly_gone = !was_gone && row.gone_at.is_some();
+                    if newly_gone {
+                        lock(&again).insert((source.to_string(), row.id.clone()));
+                    }
+                    newly_gone
+                }
+            };
+        let second = self
+            .run_pass_begun_where(cancel, true, begun, &after_discovery)
+            .await;
+        match second {
+            Ok(second) => {
+                report.absorb(
+                    second,
+                    &again.into_inner().unwrap_or_else(|p| p.into_inner()),
+                );
+                (discovered, Ok(report))
+            }
+            Err(e) => (discovered, Err(e)),
+        }
     }
 
     /// As `run_pass`, over the (source, scope) pairs `keep` accepts (change notifications

@@ -12,6 +12,15 @@ use serde_json::value::RawValue;
 use url::Url;
 
 async fn start(dir: &std::path::Path) -> (SimHandle, App) {
+    let (sim, app) = start_undiscovered(dir).await;
+    crate::discovery::sync_users(&app.graph, &app.state, &app.config.discovery)
+        .await
+        .expect("discovery");
+    (sim, app)
+}
+
+/// The simulator and an app whose state knows no scope yet.
+async fn start_undiscovered(dir: &std::path::Path) -> (SimHandle, App) {
     let cfg = crate::sim::SimConfig {
         users: 3,
         unlicensed_users: 0,
@@ -26,9 +35,6 @@ async fn start(dir: &std::path::Path) -> (SimHandle, App) {
         .replace("@DIR@", &dir.display().to_string());
     let config = crate::config::load_from_str(&text).expect("config");
     let app = App::start(config).await.expect("app");
-    crate::discovery::sync_users(&app.graph, &app.state, &app.config.discovery)
-        .await
-        .expect("discovery");
     (sim, app)
 }
 
@@ -157,5 +163,54 @@ async fn a_pass_begun_before_another_replicas_export_skips_those_scopes() {
     // A pass asked for now has the few milliseconds since to cover.
     let later = app.scheduler.run_pass(&cancel, true).await.expect("pass");
     assert!(later.totals.windows >= 3, "{later:?}");
+    sim.shutdown().await;
+}
+
+async fn scopes_with_success(state: &StateDb) -> i64 {
+    let (n,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM checkpoints WHERE last_success_at IS NOT NULL")
+            .fetch_one(state.pool())
+            .await
+            .expect("checkpoints");
+    n
+}
+
+/// The scopes the state knows are exported while discovery runs: this discovery completes
+/// only once a scope's export has succeeded, which it never would if the pass waited for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn known_scopes_are_exported_while_discovery_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (sim, app) = start(dir.path()).await;
+    let cancel = CancellationToken::new();
+    let discovery = tokio::time::timeout(Duration::from_secs(20), async {
+        while scopes_with_success(&app.state).await == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let (discovered, report) = (app.scheduler)
+        .run_pass_beside(&cancel, PassClock::now(), discovery)
+        .await;
+    discovered.expect("a known scope was exported while discovery ran");
+    let report = report.expect("pass");
+    assert!(report.ok() && report.succeeded == 3, "{report:?}");
+    assert_eq!(report.scopes, 3, "each scope once: {report:?}");
+    sim.shutdown().await;
+}
+
+/// The scopes discovery adds are exported in the same pass, after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scopes_discovery_adds_are_exported_in_the_same_pass() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (sim, app) = start_undiscovered(dir.path()).await;
+    let cancel = CancellationToken::new();
+    let discovery = crate::discovery::sync_users(&app.graph, &app.state, &app.config.discovery);
+    let (discovered, report) = (app.scheduler)
+        .run_pass_beside(&cancel, PassClock::now(), discovery)
+        .await;
+    discovered.expect("discovery");
+    let report = report.expect("pass");
+    assert!(report.ok() && report.succeeded == 3, "{report:?}");
+    assert!(report.totals.windows >= 3, "{report:?}");
+    assert_eq!(scopes_with_success(&app.state).await, 3);
     sim.shutdown().await;
 }
