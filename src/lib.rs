@@ -21,3 +21,9 @@ pub mod scheduler;
 pub mod sim;
 pub mod sources;
 pub mod state;
+
+/// Locks a mutex even when a panic elsewhere poisoned it: the critical sections of this crate
+/// are small and never leave their data half changed, so a poisoned lock's data is still good.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -17,6 +17,7 @@ mod end_tests;
 use crate::config::ExportConfig;
 use crate::graph::GraphClient;
 use crate::ingest::{earliest, Ingestor, WindowPlan, WindowReport};
+use crate::lock;
 use crate::sources::{Scope, ScopeKind, Source, SourceKind, Window};
 use crate::state::{Checkpoint, PollSchedule, ScopeEnd, ScopeRow, StateDb, StateError};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
@@ -194,7 +195,8 @@ impl PassReport {
         let failed_before = (failed - self.failures.len()) as u64;
         let twice = again.len() as u64;
         self.scopes = (self.scopes + later.scopes).saturating_sub(twice);
-        self.succeeded = (self.succeeded + later.succeeded).saturating_sub(twice - failed_before);
+        self.succeeded =
+            (self.succeeded + later.succeeded).saturating_sub(twice.saturating_sub(failed_before));
         self.leased_elsewhere += later.leased_elsewhere;
         self.cancelled += later.cancelled;
         self.failures.extend(later.failures);
@@ -203,10 +205,6 @@ impl PassReport {
         self.not_due += later.not_due;
         self.found_new.extend(later.found_new);
     }
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// When a pass began: the instant for its duration, the wall clock for what it covers.

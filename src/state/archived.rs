@@ -26,6 +26,7 @@ use super::retention::{insert_custodians, insert_participants, insert_retention}
 use super::{
     CatalogueEntry, ChatParticipant, RetentionRow, ScopeEnd, StateDb, StateError, WindowCommit,
 };
+use crate::lock;
 
 /// Which objects one hold was set on.
 pub type HeldKeys = (i64, Vec<String>);
@@ -257,10 +258,6 @@ impl StateDb {
         }
         known.extend(committed);
     }
-}
-
-fn lock<T>(m: &SyncMutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 type WindowPart<'a> = (&'a WindowCommit, &'static str, Option<&'a ScopeEnd>);
