@@ -35,7 +35,8 @@ pub type HeldKeys = (i64, Vec<String>);
 #[derive(Default)]
 pub(crate) struct ArchivedQueue {
     pending: SyncMutex<Vec<Pending>>,
-    writer: Mutex<()>,
+    /// Held by the task committing a group until it is done (owned, so it goes with the task).
+    writer: Arc<Mutex<()>>,
     /// Chat participants a committed group has recorded: rows are never deleted, so these
     /// need not be sent again (most of a backfill's are repeats).
     known: SyncMutex<HashSet<ChatParticipant>>,
@@ -122,15 +123,20 @@ impl StateDb {
             // competes for the writer.
             biased;
             result = &mut outcome => return group_outcome(result, op),
-            _writer = self.archived.writer.lock() => {
+            writer = self.archived.writer.clone().lock_owned() => {
                 // Whoever holds the writer drains the queue, this batch included (a batch is
                 // only ever taken by a writer, which answers before it lets go). The group runs
                 // as a task of its own: cancelling this caller (its scope's lease lost, say)
                 // must not abandon the other batches it carries, and a runtime worker drives
-                // the statements instead of the thread polling every export of the pass.
+                // the statements instead of the thread polling every export of the pass. The
+                // task keeps the writer until its group is committed, cancelled caller or not.
                 let group = self.archived_queue().take();
                 let db = self.clone();
-                let _ = tokio::spawn(async move { db.commit_group(group).await }).await;
+                let _ = tokio::spawn(async move {
+                    let _writer = writer;
+                    db.commit_group(group).await
+                })
+                .await;
             }
         }
         group_outcome(outcome.await, op)
