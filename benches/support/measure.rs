@@ -77,8 +77,21 @@ pub fn run_command(config: &std::path::Path, args: &[&str]) -> (i32, Usage) {
     reap(spawn_command(config, args))
 }
 
+/// Starts the archiver, under the command `M365_BENCH_WRAP` names if it is set (a profiler:
+/// `M365_BENCH_WRAP="heaptrack -o /tmp/ht"`; the figures are then the wrapper's, not the
+/// archiver's alone).
 fn spawn_command(config: &std::path::Path, args: &[&str]) -> std::process::Child {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_m365-archiver"));
+    let archiver = env!("CARGO_BIN_EXE_m365-archiver");
+    let wrap = std::env::var("M365_BENCH_WRAP").unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    let mut command = match words.next() {
+        Some(program) => {
+            let mut c = std::process::Command::new(program);
+            c.args(words).arg(archiver);
+            c
+        }
+        None => std::process::Command::new(archiver),
+    };
     command.arg("--config").arg(config).args(args);
     if let Some(set) = ARCHIVER_CPUS.get().copied() {
         use std::os::unix::process::CommandExt;
