@@ -457,43 +457,40 @@ impl Scheduler {
         let work: Vec<_> = (work.into_iter())
             .filter(|(s, r)| {
                 let kept = keep(s.kind(), r);
-                if !kept {
+                // Only a departed scope's final sweep asks what was left out; a pass that
+                // refuses most scopes (after discovery, under notifications) keeps no copy of them.
+                if !kept && r.gone_at.is_some() {
                     left_out.insert((r.kind.clone(), r.id.clone()));
                 }
                 kept
             })
             .collect();
-        let mut outcomes = self
-            .run_all(work, cancel, LeaseMode::TryOnce, pass_start)
-            .await;
+        let mut tally = Tally::default();
+        let leased = (self.run_all(work, cancel, LeaseMode::TryOnce, pass_start, &mut tally)).await;
         if wait_for_leases && !cancel.is_cancelled() {
-            // In place: a partition into two new vectors held a second copy of every outcome
-            // (100,000 at tenant scale) at the pass's end, its peak of memory.
-            let retry = (outcomes
-                .extract_if(.., |(_, _, o)| matches!(o, ScopeOutcome::LeasedElsewhere)))
-            .map(|(s, r, _)| (s, r))
-            .collect();
-            outcomes.extend(
-                self.run_all(retry, cancel, LeaseMode::Wait, pass_start)
-                    .await,
-            );
+            (self.run_all(leased, cancel, LeaseMode::Wait, pass_start, &mut tally)).await;
+        } else {
+            for (source, row) in leased {
+                tally.add(source.kind(), row, ScopeOutcome::LeasedElsewhere);
+            }
         }
-        self.summarise(outcomes, &left_out, started).await
+        self.summarise(tally, &left_out, started).await
     }
 
+    /// Runs `work`, tallying each outcome as it arrives; on a first try (`TryOnce`) returns
+    /// the scopes leased elsewhere instead, for the caller to wait for or count.
     async fn run_all(
         &self,
         work: Vec<(Arc<dyn Source>, ScopeRow)>,
         cancel: &CancellationToken,
         mode: LeaseMode,
         pass_start: DateTime<Utc>,
-    ) -> Vec<(Arc<dyn Source>, ScopeRow, ScopeOutcome)> {
+        tally: &mut Tally,
+    ) -> Vec<(Arc<dyn Source>, ScopeRow)> {
         let claims = self.batch_claims(&work, mode);
         let claims = claims.as_ref();
-        // Sized up front: grown by doubling, the vector of 100,000 outcomes briefly held its
-        // old and new buffers at once, and a third of the new one unused.
-        let sized = Vec::with_capacity(work.len());
-        let outcomes = stream::iter(work)
+        let mut leased = Vec::new();
+        stream::iter(work)
             .map(|(source, row)| async move {
                 let outcome = self
                     .run_scope(source.as_ref(), &row, cancel, mode, claims, pass_start)
@@ -501,15 +498,20 @@ impl Scheduler {
                 (source, row, outcome)
             })
             .buffer_unordered(self.export.concurrency)
-            .fold(sized, |mut all, outcome| async move {
-                all.push(outcome);
-                all
+            .for_each(|(source, row, outcome)| {
+                match (mode, outcome) {
+                    (LeaseMode::TryOnce, ScopeOutcome::LeasedElsewhere) => {
+                        leased.push((source, row))
+                    }
+                    (_, outcome) => tally.add(source.kind(), row, outcome),
+                }
+                std::future::ready(())
             })
             .await;
         if let Some(claims) = claims {
             claims.release_unused().await;
         }
-        outcomes
+        leased
     }
 
     /// A first try at every lease claims them in batches, in the order the exports start.
@@ -555,61 +557,18 @@ impl Scheduler {
         Ok(work)
     }
 
-    /// Tallies outcomes and closes the final sweep of scopes that disappeared, once every
-    /// source succeeded for them.
+    /// Closes the final sweep of scopes that disappeared, once every source succeeded for
+    /// them, and reports the pass.
     async fn summarise(
         &self,
-        outcomes: Vec<(Arc<dyn Source>, ScopeRow, ScopeOutcome)>,
+        tally: Tally,
         left_out: &HashSet<(String, String)>,
         started: Instant,
     ) -> Result<PassReport, StateError> {
-        let mut report = PassReport::default();
-        let mut gone_ok: HashMap<(String, String), bool> = HashMap::new();
-        for (source, row, outcome) in outcomes {
-            report.scopes += 1;
-            let ok = matches!(
-                outcome,
-                ScopeOutcome::Done { .. } | ScopeOutcome::Vanished { .. }
-            );
-            if row.gone_at.is_some() {
-                *gone_ok
-                    .entry((row.kind.clone(), row.id.clone()))
-                    .or_insert(true) &= ok;
-            }
-            let totals = outcome.totals();
-            if totals.new > 0 {
-                report.found_new.push(FoundNew {
-                    source: source.kind(),
-                    scope_id: row.id.clone(),
-                    new: totals.new,
-                    earliest: totals.earliest_new,
-                });
-            }
-            match outcome {
-                ScopeOutcome::Done { report: r, .. } => {
-                    report.succeeded += 1;
-                    merge(&mut report.totals, &r);
-                }
-                ScopeOutcome::Vanished { report: r, .. } => {
-                    report.succeeded += 1;
-                    merge(&mut report.totals, &r);
-                }
-                ScopeOutcome::LeasedElsewhere => report.leased_elsewhere += 1,
-                ScopeOutcome::Cancelled { report: r, .. } => {
-                    report.cancelled += 1;
-                    merge(&mut report.totals, &r);
-                }
-                ScopeOutcome::Failed { error, report: r } => {
-                    merge(&mut report.totals, &r);
-                    report.failures.push(ScopeFailure {
-                        source: source.kind().to_string(),
-                        scope_id: row.id.clone(),
-                        label: row.label.clone(),
-                        error,
-                    });
-                }
-            }
-        }
+        let Tally {
+            mut report,
+            gone_ok,
+        } = tally;
         for ((kind, id), ok) in gone_ok {
             if ok && !left_out.contains(&(kind.clone(), id.clone())) {
                 self.state
@@ -925,6 +884,61 @@ fn log_pass(report: &PassReport) {
             "some scopes not current (see status)"
         }
     );
+}
+
+/// A pass's outcomes, folded as they arrive: holding every outcome (and its scope row) until
+/// the pass ended was most of a pass's memory at 100,000 scopes.
+#[derive(Default)]
+struct Tally {
+    report: PassReport,
+    /// Departed scopes (kind, id): whether every source exported them.
+    gone_ok: HashMap<(String, String), bool>,
+}
+
+impl Tally {
+    fn add(&mut self, source: SourceKind, row: ScopeRow, outcome: ScopeOutcome) {
+        let report = &mut self.report;
+        report.scopes += 1;
+        let ok = matches!(
+            outcome,
+            ScopeOutcome::Done { .. } | ScopeOutcome::Vanished { .. }
+        );
+        if row.gone_at.is_some() {
+            *self
+                .gone_ok
+                .entry((row.kind, row.id.clone()))
+                .or_insert(true) &= ok;
+        }
+        let totals = outcome.totals();
+        if totals.new > 0 {
+            report.found_new.push(FoundNew {
+                source,
+                scope_id: row.id.clone(),
+                new: totals.new,
+                earliest: totals.earliest_new,
+            });
+        }
+        match outcome {
+            ScopeOutcome::Done { report: r, .. } | ScopeOutcome::Vanished { report: r, .. } => {
+                report.succeeded += 1;
+                merge(&mut report.totals, &r);
+            }
+            ScopeOutcome::LeasedElsewhere => report.leased_elsewhere += 1,
+            ScopeOutcome::Cancelled { report: r, .. } => {
+                report.cancelled += 1;
+                merge(&mut report.totals, &r);
+            }
+            ScopeOutcome::Failed { error, report: r } => {
+                merge(&mut report.totals, &r);
+                report.failures.push(ScopeFailure {
+                    source: source.to_string(),
+                    scope_id: row.id,
+                    label: row.label,
+                    error,
+                });
+            }
+        }
+    }
 }
 
 fn merge(into: &mut WindowTotals, from: &WindowTotals) {

@@ -81,18 +81,10 @@ impl StateDb {
                  OR p.next_due_at <= $3) \
              ORDER BY s.id"
         );
-        let rows = sqlx::query(&sql)
-            .bind(kind)
-            .bind(source)
+        let query = (sqlx::query(&sql).bind(kind).bind(source))
             .bind(h.scheduled_by)
-            .bind(h.polled_before)
-            .fetch_all(self.pool())
-            .await
-            .map_err(StateError::op(OP))?;
-        let due = rows
-            .iter()
-            .map(|r| scope_row(r, OP))
-            .collect::<Result<Vec<_>, _>>()?;
+            .bind(h.polled_before);
+        let due = self.read_rows(query, OP, scope_row).await?;
         let (active,): (i64,) = sqlx::query_as(
             "SELECT COUNT(*) FROM scopes WHERE kind = $1 \
              AND (gone_at IS NULL OR final_sweep_at IS NULL)",

@@ -74,24 +74,16 @@ impl StateDb {
             "SELECT {SCOPE_COLUMNS} FROM scopes \
              WHERE kind = $1 AND (gone_at IS NULL OR final_sweep_at IS NULL) ORDER BY id"
         );
-        let rows = sqlx::query(&sql)
-            .bind(kind)
-            .fetch_all(self.pool())
-            .await
-            .map_err(StateError::op(OP))?;
-        rows.iter().map(|r| scope_row(r, OP)).collect()
+        let query = sqlx::query(&sql).bind(kind);
+        self.read_rows(query, OP, scope_row).await
     }
 
     /// Every scope of a kind, gone or not (for operators and tests).
     pub async fn all_scopes(&self, kind: &str) -> Result<Vec<ScopeRow>, StateError> {
         const OP: &str = "all_scopes";
         let sql = format!("SELECT {SCOPE_COLUMNS} FROM scopes WHERE kind = $1 ORDER BY id");
-        let rows = sqlx::query(&sql)
-            .bind(kind)
-            .fetch_all(self.pool())
-            .await
-            .map_err(StateError::op(OP))?;
-        rows.iter().map(|r| scope_row(r, OP)).collect()
+        let query = sqlx::query(&sql).bind(kind);
+        self.read_rows(query, OP, scope_row).await
     }
 
     /// Records that a gone scope had its final sweep; afterwards it is no longer active. A scope

@@ -12,7 +12,7 @@ impl StateDb {
     /// then scope id.
     pub async fn status(&self) -> Result<Vec<StatusRow>, StateError> {
         const OP: &str = "status";
-        let rows = sqlx::query(
+        let query = sqlx::query(
             "SELECT c.source, c.scope_id, c.scope_kind, c.watermark, c.last_lookback_at, \
                c.last_success_at, c.last_error, c.last_error_at, c.records_archived, \
                c.windows_completed, s.label, s.gone_at, \
@@ -21,11 +21,8 @@ impl StateDb {
              FROM checkpoints c \
              LEFT JOIN scopes s ON s.kind = c.scope_kind AND s.id = c.scope_id \
              ORDER BY c.source, c.scope_id",
-        )
-        .fetch_all(self.pool())
-        .await
-        .map_err(StateError::op(OP))?;
-        rows.iter().map(|r| status_row(r, OP)).collect()
+        );
+        self.read_rows(query, OP, status_row).await
     }
 }
 
