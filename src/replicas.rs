@@ -53,12 +53,12 @@ pub struct Timing {
 impl Timing {
     /// How long the budget must go unused before the replica gives its share up.
     fn quiet(&self) -> Duration {
-        self.heartbeat / 4
+        self.heartbeat / 16
     }
 
     /// How often the registry task looks at the budget's use between heartbeats.
     fn tick(&self) -> Duration {
-        (self.heartbeat / 8).max(Duration::from_millis(5))
+        (self.heartbeat / 16).max(Duration::from_millis(5))
     }
 }
 
