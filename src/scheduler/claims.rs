@@ -52,9 +52,13 @@ pub(crate) struct LeaseClaims {
     state: StateDb,
     owner: String,
     ttl: Duration,
-    /// Leases claimed per statement: about one per export slot, so a claimed lease waits at
-    /// most for one export to finish before its own starts.
+    /// Leases claimed by the first statement: one per export slot, to fill them.
     batch: usize,
+    /// Leases claimed by each later statement, as slots free up one by one. Fewer than
+    /// `batch`: a replica holding a slot-full of claimed leases when the scopes run out kept
+    /// working for seconds after the others had finished, its share of the budget unusable
+    /// by them (the 3-replica channel re-sweep's dip two thirds through).
+    refill: usize,
     inner: Mutex<Inner>,
 }
 
@@ -86,6 +90,7 @@ impl LeaseClaims {
             owner,
             ttl,
             batch: batch.clamp(1, MAX_CLAIM_KEYS),
+            refill: (batch / 4).clamp(1, MAX_CLAIM_KEYS),
             inner: Mutex::new(Inner {
                 order: keys,
                 position,
@@ -122,6 +127,11 @@ impl LeaseClaims {
 
     /// Claims `key` and the undecided keys after it, up to a window of four batches.
     async fn claim_from(&self, inner: &mut Inner, key: &str) -> Result<(), StateError> {
+        let claim = if inner.known.is_empty() {
+            self.batch
+        } else {
+            self.refill
+        };
         let window: Vec<String> = match inner.position.get(key) {
             Some(&from) => inner.order[from..]
                 .iter()
@@ -133,7 +143,7 @@ impl LeaseClaims {
         };
         let got = self
             .state
-            .claim_leases(&window, &self.owner, self.ttl, Utc::now(), self.batch)
+            .claim_leases(&window, &self.owner, self.ttl, Utc::now(), claim)
             .await?;
         let claimed_at = Instant::now();
         for k in &window[..got.considered.min(window.len())] {
