@@ -3,7 +3,7 @@
 //! tenant-wide Graph budgets (`graph::Budgets::split`), so that together they stay under
 //! Graph's per-tenant limits.
 //!
-//! Shares shift within a tick (an eighth of a heartbeat): between heartbeats every active
+//! Shares shift within a tick (a sixteenth of a heartbeat): between heartbeats every active
 //! replica reads the count, and heartbeats at once when it changed. A replica that sees the
 //! count grow shrinks at once; one that starts while others run waits until their heartbeats
 //! show they have made room (each row carries the divisor its replica applies), so the sum of
@@ -15,7 +15,7 @@
 //!
 //! A replica with nothing to send (its pass is over; all it has left is scopes leased elsewhere
 //! that it waits for; the daemon between passes) gives its share up: once no export holds the
-//! budget ([`crate::graph::Busy`]) and no request went out for a quarter of a heartbeat, it
+//! budget ([`crate::graph::Busy`]) and no request went out for a sixteenth of a heartbeat, it
 //! parks its budget (its requests wait from then on), then marks itself idle in the registry,
 //! and the others count it out and grow within a tick. A request arriving at the
 //! parked budget makes it active again as it started: its row counts again first, and the
