@@ -33,14 +33,11 @@ impl StateDb {
     /// The newest `limit` events, newest first.
     pub async fn audit_list(&self, limit: i64) -> Result<Vec<AuditRow>, StateError> {
         const OP: &str = "audit_list";
-        let rows = sqlx::query(
+        let query = sqlx::query(
             "SELECT id, at, actor, action, subject, detail FROM audit_log ORDER BY id DESC LIMIT $1",
         )
-        .bind(limit.max(0))
-        .fetch_all(self.pool())
-        .await
-        .map_err(StateError::op(OP))?;
-        rows.iter().map(|r| audit_row(r, OP)).collect()
+        .bind(limit.max(0));
+        self.read_rows(query, OP, audit_row).await
     }
 }
 

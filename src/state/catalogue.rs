@@ -69,12 +69,8 @@ impl StateDb {
         let sql = format!(
             "SELECT {CATALOGUE_COLUMNS} FROM catalogue WHERE source = $1 ORDER BY record_key, etag"
         );
-        let rows = sqlx::query(&sql)
-            .bind(source)
-            .fetch_all(self.pool())
-            .await
-            .map_err(StateError::op(OP))?;
-        rows.iter().map(|r| catalogue_row(r, OP)).collect()
+        let query = sqlx::query(&sql).bind(source);
+        self.read_rows(query, OP, catalogue_row).await
     }
 
     /// Number of catalogued versions, of one source or of all.

@@ -86,13 +86,8 @@ impl StateDb {
         let sql = format!(
             "SELECT {MANIFEST_COLUMNS} FROM manifests WHERE source = $1 AND scope_id = $2 ORDER BY seq"
         );
-        let rows = sqlx::query(&sql)
-            .bind(source)
-            .bind(scope_id)
-            .fetch_all(self.pool())
-            .await
-            .map_err(StateError::op(OP))?;
-        rows.iter().map(|r| manifest_row(r, OP)).collect()
+        let query = sqlx::query(&sql).bind(source).bind(scope_id);
+        self.read_rows(query, OP, manifest_row).await
     }
 
     /// Completes a window: the manifest and the checkpoint change in ONE transaction, so a crash

@@ -140,11 +140,8 @@ impl StateDb {
         const OP: &str = "holds";
         let filter = if all { "" } else { "WHERE released_at IS NULL" };
         let sql = format!("SELECT {HOLD_COLUMNS} FROM legal_holds {filter} ORDER BY id DESC");
-        let rows = sqlx::query(&sql)
-            .fetch_all(self.pool())
-            .await
-            .map_err(StateError::op(OP))?;
-        rows.iter().map(|r| hold_row(r, OP)).collect()
+        let query = sqlx::query(&sql);
+        self.read_rows(query, OP, hold_row).await
     }
 
     /// Objects the hold covers through their custodians (and, for a user hold, the chats its

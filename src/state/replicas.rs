@@ -143,16 +143,13 @@ impl StateDb {
     /// Replicas whose last heartbeat is at or after `since`, oldest first.
     pub async fn live_replicas(&self, since: DateTime<Utc>) -> Result<Vec<ReplicaRow>, StateError> {
         const OP: &str = "live_replicas";
-        let rows = sqlx::query(
+        let query = sqlx::query(
             "SELECT owner, host, pid, node, started_at, heartbeat_at, budget_divisor, \
                idle_since FROM replicas \
              WHERE heartbeat_at >= $1 ORDER BY started_at, owner",
         )
-        .bind(to_ms(since))
-        .fetch_all(self.pool())
-        .await
-        .map_err(StateError::op(OP))?;
-        rows.iter().map(|r| replica_row(r, OP)).collect()
+        .bind(to_ms(since));
+        self.read_rows(query, OP, replica_row).await
     }
 
     /// How many replicas are active (heartbeat within `ttl`, not idle): the count a heartbeat

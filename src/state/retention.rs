@@ -150,14 +150,8 @@ impl StateDb {
              ORDER BY r.storage_key LIMIT $3",
             held_sql("r")
         );
-        let rows = sqlx::query(&sql)
-            .bind(to_ms(now))
-            .bind(after)
-            .bind(limit)
-            .fetch_all(self.pool())
-            .await
-            .map_err(StateError::op(OP))?;
-        rows.iter().map(|r| candidate_row(r, OP)).collect()
+        let query = sqlx::query(&sql).bind(to_ms(now)).bind(after).bind(limit);
+        self.read_rows(query, OP, candidate_row).await
     }
 
     /// Whether any active hold covers the object now (checked again right before a deletion).
@@ -257,17 +251,14 @@ impl StateDb {
                AND archived_at >= $4 AND ($5 = '' OR scope_id = $5) \
              ORDER BY source, record_key, etag LIMIT $6"
         );
-        let rows = sqlx::query(&sql)
+        let query = sqlx::query(&sql)
             .bind(src)
             .bind(key)
             .bind(etag)
             .bind(since.map_or(i64::MIN, to_ms))
             .bind(scope_id.unwrap_or(""))
-            .bind(limit)
-            .fetch_all(self.pool())
-            .await
-            .map_err(StateError::op(OP))?;
-        rows.iter().map(|r| catalogue_row(r, OP)).collect()
+            .bind(limit);
+        self.read_rows(query, OP, catalogue_row).await
     }
 
     /// Every (source, scope) that has committed manifests.

@@ -115,11 +115,8 @@ impl StateDb {
     pub async fn poll_schedules(&self) -> Result<Vec<PollSchedule>, StateError> {
         const OP: &str = "poll_schedules";
         let sql = format!("SELECT {SCHEDULE_COLUMNS} FROM poll_schedule ORDER BY source, scope_id");
-        let rows = sqlx::query(&sql)
-            .fetch_all(self.pool())
-            .await
-            .map_err(StateError::op(OP))?;
-        rows.iter().map(|r| schedule_row(r, OP)).collect()
+        let query = sqlx::query(&sql);
+        self.read_rows(query, OP, schedule_row).await
     }
 
     /// Stores a schedule, unless one from a later poll is already there (a replica or a
