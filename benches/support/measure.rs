@@ -202,6 +202,7 @@ pub fn class_requests(stats: &serde_json::Value, class: &str) -> (f64, f64, f64)
 /// The pass's request rate in tenths of its length, as percentages of `budget` (from the
 /// simulator's per-second counts; the last, partial second is left out): shows whether a pass
 /// below its budget was held throughout or only while it ramped up and drained.
+/// `M365_BENCH_PER_SECOND=1` also prints every second's count to stderr.
 #[allow(dead_code)] // not every bench prints it
 pub fn rate_profile(stats: &serde_json::Value, class: &str, budget: f64) -> String {
     let seconds: Vec<f64> = stats["class_span"][class]["per_second"]
@@ -209,6 +210,11 @@ pub fn rate_profile(stats: &serde_json::Value, class: &str, budget: f64) -> Stri
         .map(|a| a.iter().filter_map(|v| v.as_f64()).collect())
         .unwrap_or_default();
     let full = seconds.len().saturating_sub(1);
+    // Every second, for a closer look at ramp-up and drain (the tenths average them away).
+    if std::env::var_os("M365_BENCH_PER_SECOND").is_some_and(|v| v == "1") {
+        let all: Vec<String> = seconds.iter().map(|n| format!("{n:.0}")).collect();
+        eprintln!("{class} requests per second: {}", all.join(" "));
+    }
     if full < 10 {
         let parts: Vec<String> = seconds[..full]
             .iter()
