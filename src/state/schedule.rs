@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 
-use super::scopes::{scope_row, SCOPE_COLUMNS};
+use super::scopes::scope_row;
 use super::types::RowReader;
 use super::{ScopeRow, StateDb, StateError};
 
@@ -63,11 +63,7 @@ impl StateDb {
         h: PollHorizon,
     ) -> Result<DueScopes, StateError> {
         const OP: &str = "due_scopes";
-        let columns = SCOPE_COLUMNS
-            .split(", ")
-            .map(|c| format!("s.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let columns = super::scopes::prefixed_scope_columns("s");
         let sql = format!(
             "SELECT {columns} FROM scopes s \
              LEFT JOIN checkpoints c ON c.source = $2 AND c.scope_id = s.id \
@@ -79,7 +75,8 @@ impl StateDb {
                  OR p.polled_at IS NULL \
                  OR p.polled_at < $4 \
                  OR p.next_due_at <= $3) \
-             ORDER BY s.id"
+             ORDER BY {}",
+            super::scopes::pass_order(kind, "c.records_archived")
         );
         let query = (sqlx::query(&sql).bind(kind).bind(source))
             .bind(h.scheduled_by)

@@ -24,6 +24,7 @@ both_backends!(
     catalogue_and_manifests_are_immutable,
     scopes_go_and_come_back,
     status_joins_scopes_and_counts,
+    passes_start_the_largest_teams_first,
     record_error_keeps_progress,
     concurrent_catalogue_inserts,
 );
@@ -606,6 +607,57 @@ async fn status_joins_scopes_and_counts(db: StateDb) {
 
     let json = serde_json::to_value(&rows[2]).expect("json");
     assert_eq!(json["gone_at"], "2023-11-14T22:13:25Z");
+}
+
+/// A pass lists teams never archived from first, then by records archived, most first, then
+/// by id; the due query does the same. Users, which have no rate limit of their own, stay in
+/// id order.
+async fn passes_start_the_largest_teams_first(db: StateDb) {
+    let teams = ["a", "b", "c", "d", "e"];
+    let users = ["u1", "u2", "u3"];
+    let records =
+        |ids: &[&str]| -> Vec<ScopeRecord> { ids.iter().map(|id| scope(id, id)).collect() };
+    db.sync_scopes("team", &records(&teams), at(0))
+        .await
+        .expect("sync");
+    db.sync_scopes("user", &records(&users), at(0))
+        .await
+        .expect("sync");
+    for (source, id, records) in [
+        ("channels", "a", 5),
+        ("channels", "b", 2),
+        ("channels", "c", 9),
+        ("channels", "e", 2),
+        ("copilot", "u3", 50),
+        ("copilot", "u2", 40),
+    ] {
+        let mut commit = next_commit(&db, source, id).await;
+        commit.new_records = records;
+        db.commit_window(&commit).await.expect("commit");
+    }
+    let listed = |rows: Vec<crate::state::ScopeRow>| -> Vec<String> {
+        rows.into_iter().map(|s| s.id).collect()
+    };
+    let order = ["d", "c", "a", "b", "e"];
+    assert_eq!(
+        listed(db.active_scopes("team").await.expect("teams")),
+        order
+    );
+    assert_eq!(
+        listed(db.active_scopes("user").await.expect("users")),
+        users
+    );
+    // Every scope is due in a pass this late (no schedule).
+    let policy = crate::scheduler::due::Policy::new(
+        std::time::Duration::from_secs(60),
+        std::time::Duration::from_secs(120),
+        1.5,
+    );
+    let horizon = policy.horizon(at(1_000_000).timestamp_millis());
+    let due = db.due_scopes("team", "channels", horizon).await;
+    assert_eq!(listed(due.expect("due").due), order);
+    let due = db.due_scopes("user", "copilot", horizon).await;
+    assert_eq!(listed(due.expect("due").due), users);
 }
 
 async fn record_error_keeps_progress(db: StateDb) {
