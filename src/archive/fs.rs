@@ -356,14 +356,6 @@ fn publish(
     }
 }
 
-/// What staging one object of a batch found.
-enum Staged {
-    /// Something is already stored under the key.
-    Done(PutOutcome),
-    /// Written (not yet synced), to be linked at `dest`.
-    Pending { file: StagedFile, dest: PathBuf },
-}
-
 /// Bytes waiting to be linked under their key.
 enum StagedFile {
     /// An O_TMPFILE inode in the key's own directory: no name until it is linked, so a crash
@@ -415,11 +407,10 @@ fn put_chunk(
     let mut pending = Vec::new();
     let mut keys = Vec::with_capacity(chunk.len());
     for (i, (path, item)) in chunk.into_iter().enumerate() {
-        let staged = path.and_then(|p| stage(root, &p, &item));
+        let staged = path.and_then(|p| Ok((stage(root, &p, &item)?, p)));
         keys.push(item.key);
         match staged {
-            Ok(Staged::Done(outcome)) => results.push(Ok(outcome)),
-            Ok(Staged::Pending { file, dest }) => {
+            Ok((file, dest)) => {
                 pending.push((i, file, dest));
                 results.push(Ok(PutOutcome::Created));
             }
@@ -451,28 +442,37 @@ fn put_chunk(
     results
 }
 
-/// Checks the key and, if nothing is stored there, writes the bytes read-only, unsynced.
-fn stage(root: &Path, path: &Path, item: &PutItem) -> Result<Staged, StoreError> {
+/// Writes the bytes read-only, unsynced, to be linked under the key. Nothing is looked up
+/// first: the link is create-only and reports what an earlier write left there, and the
+/// caller's catalogue already skipped versions it knows (a lookup cost every new version two
+/// failing path walks).
+fn stage(root: &Path, path: &Path, item: &PutItem) -> Result<StagedFile, StoreError> {
     let key = item.key.as_str();
-    if let Some(existing) = read_existing(path, key)? {
-        return Ok(Staged::Done(existing));
-    }
     let parent = path.parent().ok_or_else(|| StoreError::InvalidKey {
         key: key.to_string(),
         reason: "no parent directory",
     })?;
-    fs::create_dir_all(parent).map_err(FsStore::io("create directory for", key))?;
-    let file = match write_anonymous(parent, &item.bytes) {
-        Some(Ok(file)) => StagedFile::Anonymous(file),
-        Some(Err(e)) => return Err(FsStore::io("write", key)(e)),
-        None => StagedFile::Named(
-            write_temp_unsynced(root, &item.bytes).map_err(FsStore::io("write", key))?,
-        ),
-    };
-    Ok(Staged::Pending {
-        file,
-        dest: path.to_path_buf(),
-    })
+    match write_anonymous_creating_dirs(parent, &item.bytes) {
+        Some(Ok(file)) => Ok(StagedFile::Anonymous(file)),
+        Some(Err(e)) => Err(FsStore::io("write", key)(e)),
+        None => {
+            fs::create_dir_all(parent).map_err(FsStore::io("create directory for", key))?;
+            let tmp = write_temp_unsynced(root, &item.bytes).map_err(FsStore::io("write", key))?;
+            Ok(StagedFile::Named(tmp))
+        }
+    }
+}
+
+/// `write_anonymous`, creating `dir` only when it is missing (most keys share directories
+/// with keys written before).
+fn write_anonymous_creating_dirs(dir: &Path, bytes: &[u8]) -> Option<std::io::Result<File>> {
+    match write_anonymous(dir, bytes) {
+        Some(Err(e)) if e.kind() == ErrorKind::NotFound => match fs::create_dir_all(dir) {
+            Ok(()) => write_anonymous(dir, bytes),
+            Err(e) => Some(Err(e)),
+        },
+        other => other,
+    }
 }
 
 /// Writes `bytes` to a new unnamed read-only inode in `dir`; None where O_TMPFILE (or the
@@ -481,7 +481,9 @@ fn write_anonymous(dir: &Path, bytes: &[u8]) -> Option<std::io::Result<File>> {
     use std::os::unix::fs::OpenOptionsExt;
     use std::sync::atomic::{AtomicBool, Ordering};
     static UNSUPPORTED: AtomicBool = AtomicBool::new(false);
-    if UNSUPPORTED.load(Ordering::Relaxed) || !cfg!(target_os = "linux") {
+    static PROC_FD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let linkable = *PROC_FD.get_or_init(|| Path::new("/proc/self/fd").is_dir());
+    if UNSUPPORTED.load(Ordering::Relaxed) || !linkable || !cfg!(target_os = "linux") {
         return None;
     }
     #[cfg(target_os = "linux")]
@@ -506,10 +508,6 @@ fn write_anonymous(dir: &Path, bytes: &[u8]) -> Option<std::io::Result<File>> {
         }
         Err(e) => return Some(Err(e)),
     };
-    if !Path::new("/proc/self/fd").is_dir() {
-        UNSUPPORTED.store(true, Ordering::Relaxed);
-        return None;
-    }
     Some(file.write_all(bytes).map(|()| file))
 }
 

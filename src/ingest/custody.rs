@@ -170,8 +170,8 @@ pub(super) fn window_participants(
 
 /// The retention/hold facts of a record, read from its exact bytes.
 pub(super) fn facts_of(src: &str, scope: &Scope, bytes: &[u8]) -> RecordFacts {
-    match serde_json::from_slice::<&serde_json::value::RawValue>(bytes) {
-        Ok(raw) => RecordFacts::read(src, scope, raw),
+    match std::str::from_utf8(bytes) {
+        Ok(json) => RecordFacts::read_json(src, scope, json),
         Err(_) => RecordFacts::of_scope(src, scope),
     }
 }

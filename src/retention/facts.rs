@@ -26,6 +26,57 @@ pub struct RecordFacts {
     pub created: Option<DateTime<Utc>>,
 }
 
+/// The fields facts come from, each kept raw: read in one pass over the record, then each
+/// on its own.
+#[derive(Deserialize)]
+struct Fields<'a> {
+    #[serde(borrow, rename = "appClass")]
+    app_class: Option<&'a RawValue>,
+    #[serde(borrow, rename = "conversationType")]
+    conversation_type: Option<&'a RawValue>,
+    #[serde(borrow, rename = "interactionType")]
+    interaction_type: Option<&'a RawValue>,
+    #[serde(borrow, rename = "messageType")]
+    message_type: Option<&'a RawValue>,
+    #[serde(borrow, rename = "createdDateTime")]
+    created: Option<&'a RawValue>,
+    #[serde(borrow)]
+    from: Option<&'a RawValue>,
+    #[serde(borrow, rename = "chatId")]
+    chat_id: Option<&'a RawValue>,
+    #[serde(borrow, rename = "channelIdentity")]
+    channel: Option<&'a RawValue>,
+}
+
+impl<'a> Fields<'a> {
+    fn parse(json: &'a str) -> Fields<'a> {
+        serde_json::from_str(json).unwrap_or_else(|_| Self::leniently(json))
+    }
+
+    /// A repeated name fails the one-pass read; as a map, the last one counts.
+    fn leniently(json: &'a str) -> Fields<'a> {
+        let map: HashMap<Cow<'_, str>, &'a RawValue> =
+            serde_json::from_str(json).unwrap_or_default();
+        let get = |name: &str| map.get(name).copied();
+        Fields {
+            app_class: get("appClass"),
+            conversation_type: get("conversationType"),
+            interaction_type: get("interactionType"),
+            message_type: get("messageType"),
+            created: get("createdDateTime"),
+            from: get("from"),
+            chat_id: get("chatId"),
+            channel: get("channelIdentity"),
+        }
+    }
+}
+
+fn text(value: Option<&RawValue>) -> Option<String> {
+    serde_json::from_str::<Cow<'_, str>>(value?.get())
+        .ok()
+        .map(Cow::into_owned)
+}
+
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct Channel<'a> {
@@ -54,36 +105,32 @@ impl RecordFacts {
     /// shape (Graph adds fields and enum values) is absent for matching, and the others still
     /// count, so an odd sender does not push a record out of its appClass rule.
     pub fn read(source: &str, scope: &Scope, raw: &RawValue) -> RecordFacts {
-        let fields: HashMap<Cow<'_, str>, &RawValue> =
-            serde_json::from_str(raw.get()).unwrap_or_default();
-        let text = |name: &str| -> Option<String> {
-            let value = fields.get(name)?;
-            serde_json::from_str::<Cow<'_, str>>(value.get())
-                .ok()
-                .map(Cow::into_owned)
-        };
+        Self::read_json(source, scope, raw.get())
+    }
+
+    /// `read` from the record's text; what is not a JSON object gives the scope's facts only.
+    pub fn read_json(source: &str, scope: &Scope, json: &str) -> RecordFacts {
+        let fields = Fields::parse(json);
         let mut facts = RecordFacts {
             source: source.to_string(),
-            app_class: text("appClass"),
-            conversation_type: text("conversationType"),
-            interaction_type: text("interactionType"),
-            message_type: text("messageType"),
-            created: text("createdDateTime")
+            app_class: text(fields.app_class),
+            conversation_type: text(fields.conversation_type),
+            interaction_type: text(fields.interaction_type),
+            message_type: text(fields.message_type),
+            created: text(fields.created)
                 .and_then(|c| DateTime::parse_from_rfc3339(&c).ok())
                 .map(|t| t.with_timezone(&Utc)),
             ..Default::default()
         };
         facts.add_scope(scope);
-        let from: Option<From<'_>> = fields
-            .get("from")
-            .and_then(|v| serde_json::from_str(v.get()).ok());
+        let from: Option<From<'_>> = fields.from.and_then(|v| serde_json::from_str(v.get()).ok());
         if let Some(user) = from.and_then(|from| from.user) {
             push_unique(&mut facts.user_ids, user.id);
             push_unique(&mut facts.upns, user.upn);
         }
-        push_unique(&mut facts.chat_ids, text("chatId").map(Cow::Owned));
+        push_unique(&mut facts.chat_ids, text(fields.chat_id).map(Cow::Owned));
         let channel: Option<Channel<'_>> = fields
-            .get("channelIdentity")
+            .channel
             .and_then(|v| serde_json::from_str(v.get()).ok());
         push_unique(&mut facts.team_ids, channel.and_then(|c| c.team_id));
         facts
@@ -179,5 +226,24 @@ mod tests {
         assert_eq!(f.interaction_type.as_deref(), Some("userPrompt"));
         assert_eq!(f.user_ids, vec!["u1"]);
         assert!(f.upns.is_empty());
+    }
+
+    #[test]
+    fn a_repeated_name_counts_once_as_its_last_value() {
+        let json = r#"{"appClass":"first","chatId":"19:c@thread.v2","appClass":"last"}"#;
+        let f = RecordFacts::read_json("chats", &user("u1", "a@contoso.com"), json);
+        assert_eq!(f.app_class.as_deref(), Some("last"));
+        assert_eq!(f.chat_ids, vec!["19:c@thread.v2"]);
+    }
+
+    #[test]
+    fn what_is_not_an_object_gives_the_scope_only() {
+        for json in ["[1,2]", "\"text\"", "{\"appClass\":", ""] {
+            let f = RecordFacts::read_json("chats", &user("u1", "a@contoso.com"), json);
+            assert_eq!(
+                f,
+                RecordFacts::of_scope("chats", &user("u1", "a@contoso.com"))
+            );
+        }
     }
 }
