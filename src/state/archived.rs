@@ -19,7 +19,7 @@ use tokio::sync::{oneshot, Mutex};
 
 use sqlx::AnyConnection;
 
-use super::catalogue::{insert_chunk, INSERT_CHUNK};
+use super::catalogue::insert_entries;
 use super::checkpoints::window_rows;
 use super::holds::insert_record_holds;
 use super::retention::{insert_custodians, insert_participants, insert_retention};
@@ -218,19 +218,15 @@ impl StateDb {
         let now = rows.now.unwrap_or_else(Utc::now);
         let now_ms = super::types::to_ms(now);
         let mut tx = self.begin_write(OP).await?;
-        for chunk in rows.retention.chunks(INSERT_CHUNK) {
-            insert_retention(tx.conn(), chunk, now_ms).await?;
-            insert_custodians(tx.conn(), chunk).await?;
-        }
+        insert_retention(tx.conn(), &rows.retention, now_ms).await?;
+        insert_custodians(tx.conn(), &rows.retention).await?;
         // Windows' participants with the batches', in one sorted set (lock order, as above).
         let participants = self.unknown_participants(&rows, windows);
         insert_participants(tx.conn(), &participants).await?;
         for (hold, keys) in &rows.holds {
             insert_record_holds(tx.conn(), *hold, keys, now).await?;
         }
-        for chunk in rows.catalogue.chunks(INSERT_CHUNK) {
-            insert_chunk(tx.conn(), chunk).await?;
-        }
+        insert_entries(tx.conn(), &rows.catalogue).await?;
         let mut own = Vec::with_capacity(windows.len());
         for (commit, kind, end) in windows {
             own.push(window_in_savepoint(tx.conn(), commit, kind, *end).await?);

@@ -6,13 +6,12 @@ use std::collections::{HashMap, HashSet};
 use sqlx::any::AnyRow;
 use sqlx::AnyConnection;
 
+use super::bulk::{BulkInsert, Cell};
 use super::types::{opt_to_ms, to_ms, RowReader};
-use super::{bulk_sql, placeholders, CatalogueEntry, StateDb, StateError};
+use super::{placeholders, CatalogueEntry, StateDb, StateError};
 
 /// record_keys per lookup query (plus one bind for the source).
 const LOOKUP_CHUNK: usize = 500;
-/// Rows per multi-row INSERT: 9 binds each, 900 per statement, under every bind limit.
-pub(super) const INSERT_CHUNK: usize = 100;
 
 const CATALOGUE_COLUMNS: &str =
     "source, record_key, etag, sha256, storage_key, size_bytes, scope_id, created_at, archived_at";
@@ -55,10 +54,7 @@ impl StateDb {
             return Ok(0);
         }
         let mut tx = self.begin_write(OP).await?;
-        let mut inserted = 0;
-        for chunk in entries.chunks(INSERT_CHUNK) {
-            inserted += insert_chunk(tx.conn(), chunk).await?;
-        }
+        let inserted = insert_entries(tx.conn(), entries).await?;
         tx.commit(OP).await?;
         Ok(inserted)
     }
@@ -109,39 +105,38 @@ async fn lookup_chunk(
         .map_err(StateError::op("catalogue_lookup"))
 }
 
-pub(super) async fn insert_chunk(
+/// Catalogues `entries`; versions already catalogued are left as they are. Returns how many
+/// rows were new.
+pub(super) async fn insert_entries(
     conn: &mut AnyConnection,
     entries: &[CatalogueEntry],
 ) -> Result<u64, StateError> {
-    let values: Vec<String> = (0..entries.len())
-        .map(|i| format!("({})", placeholders(1 + 9 * i, 9)))
+    const INSERT: BulkInsert<'static, 9> = BulkInsert {
+        table: "catalogue",
+        columns: CATALOGUE_COLUMNS,
+        types: [
+            "text", "text", "text", "text", "text", "bigint", "text", "bigint", "bigint",
+        ],
+        conflict: "ON CONFLICT (source, record_key, etag) DO NOTHING",
+        op: "catalogue_insert",
+    };
+    let cells: Vec<[Cell<'_>; 9]> = entries
+        .iter()
+        .map(|e| {
+            [
+                Cell::Text(&e.source),
+                Cell::Text(&e.record_key),
+                Cell::Text(&e.etag),
+                Cell::Text(&e.sha256),
+                Cell::Text(&e.storage_key),
+                Cell::Int(Some(e.size_bytes)),
+                Cell::Text(&e.scope_id),
+                Cell::Int(opt_to_ms(e.created_at)),
+                Cell::Int(Some(to_ms(e.archived_at))),
+            ]
+        })
         .collect();
-    let sql = bulk_sql(
-        conn,
-        format!(
-            "INSERT INTO catalogue ({CATALOGUE_COLUMNS}) VALUES {} \
-             ON CONFLICT (source, record_key, etag) DO NOTHING",
-            values.join(", ")
-        ),
-    );
-    let mut query = sqlx::query(&sql);
-    for e in entries {
-        query = query
-            .bind(e.source.as_str())
-            .bind(e.record_key.as_str())
-            .bind(e.etag.as_str())
-            .bind(e.sha256.as_str())
-            .bind(e.storage_key.as_str())
-            .bind(e.size_bytes)
-            .bind(e.scope_id.as_str())
-            .bind(opt_to_ms(e.created_at))
-            .bind(to_ms(e.archived_at));
-    }
-    let done = query
-        .execute(conn)
-        .await
-        .map_err(StateError::op("catalogue_insert"))?;
-    Ok(done.rows_affected())
+    INSERT.run(conn, &cells).await
 }
 
 pub(super) fn catalogue_row(row: &AnyRow, op: &'static str) -> Result<CatalogueEntry, StateError> {

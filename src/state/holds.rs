@@ -5,9 +5,10 @@ use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
 use sqlx::AnyConnection;
 
+use super::bulk::{BulkInsert, Cell};
 use super::retention::{audit_in, custodian_held_sql};
 use super::types::{to_ms, RowReader};
-use super::{bulk_sql, placeholders, AuditEntry, StateDb, StateError};
+use super::{placeholders, AuditEntry, StateDb, StateError};
 
 /// What a hold is placed on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -345,25 +346,17 @@ pub(super) async fn insert_record_holds(
     keys: &[String],
     now: DateTime<Utc>,
 ) -> Result<(), StateError> {
-    for chunk in keys.chunks(200) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|i| format!("({})", placeholders(1 + 3 * i, 3)))
-            .collect();
-        let sql = bulk_sql(
-            conn,
-            format!(
-                "INSERT INTO record_holds (hold_id, storage_key, applied_at) VALUES {} \
-                 ON CONFLICT (hold_id, storage_key) DO NOTHING",
-                values.join(", ")
-            ),
-        );
-        let mut q = sqlx::query(&sql);
-        for k in chunk {
-            q = q.bind(hold_id).bind(k.as_str()).bind(to_ms(now));
-        }
-        q.execute(&mut *conn)
-            .await
-            .map_err(StateError::op("record_holds_insert"))?;
-    }
-    Ok(())
+    const INSERT: BulkInsert<'static, 3> = BulkInsert {
+        table: "record_holds",
+        columns: "hold_id, storage_key, applied_at",
+        types: ["bigint", "text", "bigint"],
+        conflict: "ON CONFLICT (hold_id, storage_key) DO NOTHING",
+        op: "record_holds_insert",
+    };
+    let at = Some(to_ms(now));
+    let cells: Vec<[Cell<'_>; 3]> = keys
+        .iter()
+        .map(|k| [Cell::Int(Some(hold_id)), Cell::Text(k), Cell::Int(at)])
+        .collect();
+    INSERT.run(conn, &cells).await.map(|_| ())
 }

@@ -10,6 +10,7 @@
 
 mod archived;
 mod audit;
+mod bulk;
 mod catalogue;
 mod checkpoints;
 mod content;

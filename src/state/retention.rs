@@ -5,12 +5,10 @@ use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
 use sqlx::AnyConnection;
 
+use super::bulk::{BulkInsert, Cell};
 use super::catalogue::catalogue_row;
 use super::types::{opt_to_ms, to_ms, RowReader};
-use super::{bulk_sql, placeholders, AuditEntry, CatalogueEntry, StateDb, StateError};
-
-/// Rows per multi-row INSERT (9 binds each), under every bind limit.
-const INSERT_CHUNK: usize = 100;
+use super::{AuditEntry, CatalogueEntry, StateDb, StateError};
 
 /// The retention written with one object, and who it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,10 +105,8 @@ impl StateDb {
         }
         let now = to_ms(Utc::now());
         let mut tx = self.begin_write(OP).await?;
-        for chunk in rows.chunks(INSERT_CHUNK) {
-            insert_retention(tx.conn(), chunk, now).await?;
-            insert_custodians(tx.conn(), chunk).await?;
-        }
+        insert_retention(tx.conn(), rows, now).await?;
+        insert_custodians(tx.conn(), rows).await?;
         insert_participants(tx.conn(), rows.iter().flat_map(|r| &r.participants)).await?;
         tx.commit(OP).await
     }
@@ -317,34 +313,32 @@ pub(super) async fn insert_retention(
     rows: &[RetentionRow],
     now: i64,
 ) -> Result<(), StateError> {
-    let values: Vec<String> = (0..rows.len())
-        .map(|i| format!("({})", placeholders(1 + 9 * i, 9)))
+    const INSERT: BulkInsert<'static, 9> = BulkInsert {
+        table: "record_retention",
+        columns: RETENTION_COLUMNS,
+        types: [
+            "text", "text", "text", "text", "text", "bigint", "text", "bigint", "bigint",
+        ],
+        conflict: "ON CONFLICT (storage_key) DO NOTHING",
+        op: "retention_insert",
+    };
+    let cells: Vec<[Cell<'_>; 9]> = rows
+        .iter()
+        .map(|r| {
+            [
+                Cell::Text(&r.storage_key),
+                Cell::Text(&r.source),
+                Cell::Text(&r.scope_id),
+                Cell::Text(&r.sha256),
+                Cell::Text(&r.rule),
+                Cell::Int(opt_to_ms(r.retain_until)),
+                Cell::Text(&r.mode),
+                Cell::Int(opt_to_ms(r.created_at)),
+                Cell::Int(Some(now)),
+            ]
+        })
         .collect();
-    let sql = bulk_sql(
-        conn,
-        format!(
-            "INSERT INTO record_retention ({RETENTION_COLUMNS}) VALUES {} ON CONFLICT (storage_key) DO NOTHING",
-            values.join(", ")
-        ),
-    );
-    let mut query = sqlx::query(&sql);
-    for r in rows {
-        query = query
-            .bind(r.storage_key.as_str())
-            .bind(r.source.as_str())
-            .bind(r.scope_id.as_str())
-            .bind(r.sha256.as_str())
-            .bind(r.rule.as_str())
-            .bind(opt_to_ms(r.retain_until))
-            .bind(r.mode.as_str())
-            .bind(opt_to_ms(r.created_at))
-            .bind(now);
-    }
-    query
-        .execute(conn)
-        .await
-        .map(|_| ())
-        .map_err(StateError::op("retention_insert"))
+    INSERT.run(conn, &cells).await.map(|_| ())
 }
 
 pub(super) async fn insert_custodians(
@@ -367,38 +361,28 @@ pub(super) async fn insert_custodians(
         .iter()
         .map(|(k, kind, id)| [*k, *kind, id.as_str()])
         .collect();
-    let insert = "INSERT INTO record_custodians (storage_key, kind, id)";
+    let into = ("record_custodians", "storage_key, kind, id");
     let conflict = "ON CONFLICT (kind, id, storage_key) DO NOTHING";
-    insert_text_rows(conn, insert, conflict, &rows, "retention_insert").await
+    insert_text_rows(conn, into, conflict, &rows, "retention_insert").await
 }
 
-/// Runs `insert VALUES (...), ... conflict` over rows of three text columns, in chunks under
-/// every backend's bind limit.
+/// Inserts rows of three text columns into `(table, columns)`.
 async fn insert_text_rows(
     conn: &mut AnyConnection,
-    insert: &str,
+    (table, columns): (&str, &str),
     conflict: &str,
     rows: &[[&str; 3]],
     op: &'static str,
 ) -> Result<(), StateError> {
-    for chunk in rows.chunks(INSERT_CHUNK * 3) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|i| format!("({})", placeholders(1 + 3 * i, 3)))
-            .collect();
-        let sql = bulk_sql(
-            conn,
-            format!("{insert} VALUES {} {conflict}", values.join(", ")),
-        );
-        let mut query = sqlx::query(&sql);
-        for row in chunk {
-            query = row.iter().fold(query, |q, v| q.bind(*v));
-        }
-        query
-            .execute(&mut *conn)
-            .await
-            .map_err(StateError::op(op))?;
-    }
-    Ok(())
+    let bulk = BulkInsert {
+        table,
+        columns,
+        types: ["text"; 3],
+        conflict,
+        op,
+    };
+    let cells: Vec<[Cell<'_>; 3]> = rows.iter().map(|r| r.map(Cell::Text)).collect();
+    bulk.run(conn, &cells).await.map(|_| ())
 }
 
 /// Records chat participants, each once, in key order (so that transactions adding the same
@@ -416,9 +400,9 @@ pub(super) async fn insert_participants<'a>(
         .iter()
         .map(|p| [p.chat_id.as_str(), p.kind.as_str(), p.id.as_str()])
         .collect();
-    let insert = "INSERT INTO chat_participants (chat_id, kind, id)";
+    let into = ("chat_participants", "chat_id, kind, id");
     let conflict = "ON CONFLICT (chat_id, kind, id) DO NOTHING";
-    insert_text_rows(conn, insert, conflict, &rows, "chat_participants_insert").await
+    insert_text_rows(conn, into, conflict, &rows, "chat_participants_insert").await
 }
 
 fn retention_row(row: &AnyRow, op: &'static str) -> Result<RetentionRow, StateError> {

@@ -16,6 +16,7 @@ both_backends!(
     migrations_are_idempotent,
     catalogue_key_includes_scope,
     insert_conflict_does_nothing,
+    inserted_rows_keep_every_value_exactly,
     lookup_batches_beyond_bind_limits,
     watermark_never_moves_backwards,
     manifest_seq_must_be_last_plus_one,
@@ -163,6 +164,28 @@ async fn insert_conflict_does_nothing(db: StateDb) {
         db.catalogue_list("chats").await.expect("list"),
         vec![original, newer_version]
     );
+}
+
+/// Bulk inserts reach PostgreSQL as JSON: text must come back byte for byte, NULL as NULL.
+async fn inserted_rows_keep_every_value_exactly(db: StateDb) {
+    let mut odd = entry(
+        "chats",
+        "user \"a\"\\b",
+        "chat-1/msg-\u{1F600}-\u{e9}\t\n\r\u{7f}\u{1}",
+        "W/\"etag\\1\"",
+        "sha-'quoted'",
+    );
+    odd.size_bytes = i64::MAX;
+    odd.created_at = None;
+    let plain = entry("chats", "user-b", "chat-1/msg-2", "e1", "sha-2");
+    assert_eq!(
+        db.catalogue_insert(&[odd.clone(), plain.clone()])
+            .await
+            .expect("insert"),
+        2
+    );
+    let listed = db.catalogue_list("chats").await.expect("list");
+    assert_eq!(listed, vec![plain, odd]);
 }
 
 async fn lookup_batches_beyond_bind_limits(db: StateDb) {
