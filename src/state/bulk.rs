@@ -66,7 +66,8 @@ impl<const N: usize> BulkInsert<'_, N> {
         Ok(done.rows_affected())
     }
 
-    /// `json_array_elements` yields the rows in array order.
+    /// `jsonb_array_elements` yields the rows in array order; jsonb is parsed once, where each
+    /// `->>` on `json` would parse the row again.
     fn json_sql(&self) -> String {
         let columns: Vec<String> = self
             .types
@@ -75,7 +76,7 @@ impl<const N: usize> BulkInsert<'_, N> {
             .map(|(i, ty)| format!("(r->>{i})::{ty}"))
             .collect();
         format!(
-            "INSERT INTO {} ({}) SELECT {} FROM json_array_elements($1::json) AS r {}",
+            "INSERT INTO {} ({}) SELECT {} FROM jsonb_array_elements($1::jsonb) AS r {}",
             self.table,
             self.columns,
             columns.join(", "),
@@ -134,7 +135,7 @@ mod tests {
         assert_eq!(
             insert.json_sql(),
             "INSERT INTO t (a, b) SELECT (r->>0)::text, (r->>1)::bigint \
-             FROM json_array_elements($1::json) AS r ON CONFLICT (a) DO NOTHING"
+             FROM jsonb_array_elements($1::jsonb) AS r ON CONFLICT (a) DO NOTHING"
         );
         let rows = [
             [Cell::Text("x\"\n"), Cell::Int(None)],
