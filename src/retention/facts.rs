@@ -7,7 +7,6 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
-use std::collections::HashMap;
 
 /// What rules and holds can match on, for one record.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -27,47 +26,56 @@ pub struct RecordFacts {
 }
 
 /// The fields facts come from, each kept raw: read in one pass over the record, then each
-/// on its own.
-#[derive(Deserialize)]
+/// on its own. A repeated name keeps its last value, as a map would.
+#[derive(Default)]
 struct Fields<'a> {
-    #[serde(borrow, rename = "appClass")]
     app_class: Option<&'a RawValue>,
-    #[serde(borrow, rename = "conversationType")]
     conversation_type: Option<&'a RawValue>,
-    #[serde(borrow, rename = "interactionType")]
     interaction_type: Option<&'a RawValue>,
-    #[serde(borrow, rename = "messageType")]
     message_type: Option<&'a RawValue>,
-    #[serde(borrow, rename = "createdDateTime")]
     created: Option<&'a RawValue>,
-    #[serde(borrow)]
     from: Option<&'a RawValue>,
-    #[serde(borrow, rename = "chatId")]
     chat_id: Option<&'a RawValue>,
-    #[serde(borrow, rename = "channelIdentity")]
     channel: Option<&'a RawValue>,
 }
 
 impl<'a> Fields<'a> {
+    /// What is not a JSON object has none of the fields.
     fn parse(json: &'a str) -> Fields<'a> {
-        serde_json::from_str(json).unwrap_or_else(|_| Self::leniently(json))
+        let mut de = serde_json::Deserializer::from_str(json);
+        serde::Deserializer::deserialize_map(&mut de, FieldsVisitor).unwrap_or_default()
+    }
+}
+
+struct FieldsVisitor;
+
+impl<'de> serde::de::Visitor<'de> for FieldsVisitor {
+    type Value = Fields<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
     }
 
-    /// A repeated name fails the one-pass read; as a map, the last one counts.
-    fn leniently(json: &'a str) -> Fields<'a> {
-        let map: HashMap<Cow<'_, str>, &'a RawValue> =
-            serde_json::from_str(json).unwrap_or_default();
-        let get = |name: &str| map.get(name).copied();
-        Fields {
-            app_class: get("appClass"),
-            conversation_type: get("conversationType"),
-            interaction_type: get("interactionType"),
-            message_type: get("messageType"),
-            created: get("createdDateTime"),
-            from: get("from"),
-            chat_id: get("chatId"),
-            channel: get("channelIdentity"),
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
+        let mut fields = Fields::default();
+        while let Some(name) = map.next_key::<Cow<'de, str>>()? {
+            let slot = match name.as_ref() {
+                "appClass" => &mut fields.app_class,
+                "conversationType" => &mut fields.conversation_type,
+                "interactionType" => &mut fields.interaction_type,
+                "messageType" => &mut fields.message_type,
+                "createdDateTime" => &mut fields.created,
+                "from" => &mut fields.from,
+                "chatId" => &mut fields.chat_id,
+                "channelIdentity" => &mut fields.channel,
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    continue;
+                }
+            };
+            *slot = Some(map.next_value()?);
         }
+        Ok(fields)
     }
 }
 

@@ -1,7 +1,7 @@
 //! Multi-row inserts, as each engine takes them fastest.
 //!
 //! SQLite gets multi-row `VALUES` with anonymous parameters ([`bulk_sql`]). PostgreSQL gets
-//! the rows as one JSON parameter: the statement text is then the same whatever the number of
+//! the rows as one `jsonb` array parameter: the statement text is then the same whatever the number of
 //! rows, so each connection prepares it once. As `VALUES` lists, every batch size was a
 //! statement of its own (hundreds of parameters), parsed and planned again as it fell out of
 //! the connection's statement cache.
